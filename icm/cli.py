@@ -1,0 +1,81 @@
+"""Small pieces every command-line entry point shares: flag types, device choice, and
+turning expected errors (bad files, bad configs) into one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+from fractions import Fraction
+
+import torch
+
+from icm.config import ConfigError
+from icm.io import ImageReadError
+
+# Errors a user can cause with a bad flag or file; they get one line, not a traceback.
+USER_ERRORS = (ConfigError, ImageReadError, FileNotFoundError, ValueError, KeyError)
+
+
+def fraction(text: str) -> float:
+    """argparse type: ``8/255``, ``0.03`` or ``3e-2`` -> float."""
+    try:
+        return float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError) as e:
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from e
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type: ``NAME=VALUE`` -> (NAME, VALUE)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def shard(text: str) -> tuple[int, int]:
+    """argparse type: ``I/N`` with 0 <= I < N -> (I, N)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}") from e
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Decorate a CLI ``main``: user errors print ``error: ...`` and exit with status 2.
+
+    Set ``ICM_DEBUG=1`` to see the full traceback instead.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            if os.environ.get("ICM_DEBUG"):
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {msg}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper

@@ -1,0 +1,187 @@
+"""YAML configs: the one config loader, CLI defaults from ``--config``, run records.
+
+A config file is a YAML mapping. Top-level keys apply to every CLI that has a flag of
+that name; a section named after a CLI (``meta_aafg:``, ``compression:``,
+``evaluation:``, ``train_detector:``) applies to that CLI only and wins over the top
+level. Flags given on the command line win over both::
+
+    dataset: toy
+    meta_aafg:
+      models: toy_yolov3,toy_faster_rcnn,toy_centernet
+      epsilon: 8/255
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from icm.io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(os.environ.get("ICM_CONFIG_DIR", REPO_ROOT / "configs"))
+SECTIONS = ("meta_aafg", "compression", "evaluation", "train_detector", "toy_assets")
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, malformed or names an unknown option."""
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Load a YAML mapping; errors name the file (and line where YAML knows it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: malformed YAML ({getattr(e, 'problem', e)})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve_config_path(name_or_path: str | os.PathLike, kind: str = "") -> Path:
+    """A config given as a path, or by name under ``configs/<kind>/NAME.yaml``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    candidate = CONFIG_DIR / kind / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"no config named {name_or_path!r} (looked for {candidate})")
+
+
+def config_defaults(path: str | os.PathLike, section: str, known: set[str]) -> dict[str, Any]:
+    """The defaults a config file gives one CLI (``section``), validated against its flags."""
+    data = load_yaml(path)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        if key in SECTIONS:
+            continue
+        if key in known:
+            out[key] = value
+        else:
+            warnings.warn(f"{path}: key {key!r} is not an option of {section}; ignored", stacklevel=2)
+    body = data.get(section) or {}
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: section {section!r} must be a mapping")
+    for key, value in body.items():
+        key = str(key).replace("-", "_")
+        if key not in known:
+            raise ConfigError(
+                f"{path}: unknown key {key!r} in section {section!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        out[key] = value
+    return out
+
+
+def parse_args_with_config(
+    parser: argparse.ArgumentParser, argv: list[str] | None, section: str
+) -> argparse.Namespace:
+    """Parse ``argv`` with defaults taken from ``--config FILE`` when given.
+
+    The parser must define ``--config``. Values from the file go through each flag's
+    ``type`` like command-line strings would, so ``epsilon: 8/255`` works in YAML too.
+    """
+    pre, _ = parser.parse_known_args(argv)
+    if getattr(pre, "config", None):
+        actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+        values = config_defaults(pre.config, section, set(actions))
+        for key, value in values.items():
+            action = actions[key]
+            if action.type is not None and isinstance(value, str | int | float):
+                try:
+                    value = action.type(str(value)) if isinstance(value, str) else value
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+                    raise ConfigError(f"{pre.config}: bad value for {key!r}: {e}") from e
+            if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
+                if not isinstance(value, list):
+                    value = [value]
+            if action.choices is not None:
+                items = value if isinstance(value, list) else [value]
+                bad = [v for v in items if v not in action.choices]
+                if bad:
+                    raise ConfigError(f"{pre.config}: {key}={bad[0]!r} not one of {list(action.choices)}")
+            parser.set_defaults(**{key: value})
+    return parser.parse_args(argv)
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """The repository's HEAD commit (``+dirty`` when the tree has changes), or None."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=5,
+        )
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info(device: str | None = None) -> dict[str, Any]:
+    """Versions, device and git commit, for the record written next to every run."""
+    import numpy
+    import torch
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": device,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+    }
+    for pkg in ("torchvision", "compressai", "ultralytics"):
+        try:
+            info[pkg] = __import__(pkg).__version__
+        except Exception:  # noqa: BLE001 - optional packages, any import failure is "absent"
+            info[pkg] = None
+    return info
+
+
+def to_plain(value: Any) -> Any:
+    """Make a config value YAML-safe (paths -> str, tuples -> lists)."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def save_run_config(out_dir: str | os.PathLike, config: dict | argparse.Namespace,
+                    device: str | None = None) -> None:
+    """Write ``config.yaml`` (the resolved config) and ``environment.yaml`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    if isinstance(config, argparse.Namespace):
+        config = vars(config)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(to_plain(config), sort_keys=True))
+    atomic_write_text(
+        out_dir / "environment.yaml", yaml.safe_dump(to_plain(environment_info(device)), sort_keys=True)
+    )

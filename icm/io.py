@@ -1,0 +1,209 @@
+"""Image and file I/O shared by every stage.
+
+One image reader (:func:`read_image`) and one family of atomic writers: every file the
+project produces is written to a temporary file in the destination folder and renamed
+into place, so a crash never leaves a half-written image, JSON or checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Larger than any image of VOC, COCO or Open Images (the biggest are ~ 30 MPix), far below
+# what a decompression bomb asks for. Override per call or with ICM_MAX_IMAGE_PIXELS.
+DEFAULT_MAX_PIXELS = int(os.environ.get("ICM_MAX_IMAGE_PIXELS", 100_000_000))
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# Our own pixel limit replaces Pillow's (which only warns below 2x its limit).
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageReadError(ValueError):
+    """An image file that does not exist, is not an image, is truncated or is too large."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (alpha dropped, 16-bit scaled down)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        # I;16 / I;16B / I / F: scale the full 16-bit range onto 0..255.
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
+        arr = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Read an image file as an 8-bit RGB Pillow image with its EXIF orientation applied.
+
+    Raises :class:`ImageReadError` naming the file when it is missing, not an image,
+    truncated or corrupt, or larger than ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``).
+    """
+    path = Path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if not path.is_file():
+        raise ImageReadError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > limit:
+                raise ImageReadError(
+                    f"{path}: {img.width}x{img.height} pixels exceeds the limit of {limit} "
+                    "(possible decompression bomb; raise ICM_MAX_IMAGE_PIXELS if intended)"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e})") from e
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB Pillow image -> float tensor [3, H, W] in [0, 1]."""
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def tensor_to_image(x: torch.Tensor) -> Image.Image:
+    """Float tensor [3, H, W] in [0, 1] -> 8-bit RGB Pillow image (rounded, clamped)."""
+    if x.dim() != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(x.shape)}")
+    arr = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+    return Image.fromarray(arr.cpu().numpy(), mode="RGB")
+
+
+def read_image_tensor(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
+    """Read an image file as a float RGB tensor [3, H, W] in [0, 1]."""
+    return image_to_tensor(read_image(path, max_pixels=max_pixels))
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """All image files under ``root`` (recursive), sorted, hidden files and folders skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found")
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            found.append(p)
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def write_image(path: str | os.PathLike, img: Image.Image | torch.Tensor) -> None:
+    """Write an image atomically; the format follows the suffix (PNG is lossless)."""
+    path = Path(path)
+    if isinstance(img, torch.Tensor):
+        img = tensor_to_image(img)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image format for suffix {path.suffix!r}")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line to ``path`` with a single write, flushed to disk."""
+    line = json.dumps(record, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file; a torn last line (crash mid-append) is ignored, any other
+    malformed line raises an error naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise ValueError(f"{path}:{i}: malformed JSON line ({e.msg})") from e
+    return records
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; errors name the file and the position of the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from e
