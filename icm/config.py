@@ -170,8 +170,13 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, bool):
         return value
+    for plain in (int, float, str):  # subclasses (numpy floats, torch's version string)
+        if isinstance(value, plain):
+            return plain(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
     return str(value)
 
 

@@ -43,7 +43,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         scale = 257.0 if arr.max(initial=0) > 255 else 1.0
         arr = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
@@ -86,7 +86,7 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
     if x.dim() != 3 or x.shape[0] != 3:
         raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(x.shape)}")
     arr = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
-    return Image.fromarray(arr.cpu().numpy(), mode="RGB")
+    return Image.fromarray(arr.cpu().numpy())
 
 
 def read_image_tensor(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:

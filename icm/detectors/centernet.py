@@ -1,0 +1,538 @@
+"""CenterNet (Objects as Points, ctdet) with a ResNet-18 backbone: our own implementation of
+the official design, loading the official checkpoints with strict key matching.
+
+* Network (official key layout): torchvision ResNet-18 body (``conv1``, ``bn1``,
+  ``layer1..4``, no ``fc``), an upsampling neck ``deconv_layers`` to output stride 4, and
+  three heads ``hm`` (class heat maps), ``wh`` (box size) and ``reg`` (centre offset), each
+  3x3 conv (``head_conv`` channels, bias) + ReLU + 1x1 conv; the ``hm`` bias starts at -2.19.
+
+  - ``res_18`` (``msra_resnet``): three [4x4 transposed conv + BN + ReLU] of 256 channels.
+  - ``resdcn_18`` (``resnet_dcn``): three [3x3 modulated deformable conv (DCNv2) + BN + ReLU
+    + 4x4 transposed conv + BN + ReLU] of 256, 128, 64 channels; DCN runs through
+    :func:`torchvision.ops.deform_conv2d`.
+
+* Input: RGB [0, 1] -> BGR, ``(x - mean) / std`` with the official BGR mean/std, padded
+  (bottom/right, black) up to a multiple of 32, all in torch so gradients reach the pixels.
+* Training loss: penalty-reduced focal loss (alpha 2, beta 4) on the heat maps with
+  gaussian targets (CornerNet radius at min overlap 0.7), plus L1 size (weight 0.1) and
+  offset (weight 1) losses at the object centres.
+* Decoding: sigmoid, 3x3 max-pool peak extraction, top-100 over all classes, boxes scaled
+  by 4 back to the input image's pixels.
+
+The official files (``ctdet_coco_resdcn18.pth``, ``ctdet_coco_resnet18.pth``) store
+``{'epoch', 'state_dict'}``, sometimes with a ``module.`` prefix; they predict the 80 COCO
+classes in contiguous order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops import deform_conv2d
+
+from icm.detectors.base import Detector
+from icm.detectors.registry import register
+
+OUTPUT_STRIDE = 4
+INPUT_MULTIPLE = 32
+MEAN_BGR = (0.408, 0.447, 0.470)
+STD_BGR = (0.289, 0.274, 0.278)
+HM_BIAS_INIT = -2.19
+MAX_DETECTIONS = 100
+SIZE_LOSS_WEIGHT = 0.1
+OFFSET_LOSS_WEIGHT = 1.0
+OFFICIAL_FILES = {"resdcn_18": "ctdet_coco_resdcn18.pth", "res_18": "ctdet_coco_resnet18.pth"}
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class ModulatedDeformConv(nn.Module):
+    """DCNv2 layer in the official ``DCN`` key layout: ``weight``, ``bias`` and
+    ``conv_offset_mask`` (3 * k * k outputs: y/x offsets interleaved per kernel tap, then
+    the mask logits), computed with :func:`torchvision.ops.deform_conv2d`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.conv_offset_mask = nn.Conv2d(
+            in_channels, 3 * kernel_size * kernel_size, kernel_size, padding=self.padding
+        )
+        # Start as a plain convolution: no offsets, mask sigmoid(0) = 0.5 everywhere.
+        nn.init.zeros_(self.conv_offset_mask.weight)
+        nn.init.zeros_(self.conv_offset_mask.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset_y_x_a, offset_y_x_b, mask = self.conv_offset_mask(x).chunk(3, dim=1)
+        offset = torch.cat([offset_y_x_a, offset_y_x_b], dim=1)
+        return deform_conv2d(
+            x, offset, self.weight, self.bias, padding=self.padding, mask=mask.sigmoid()
+        )
+
+
+def _bilinear_upsampling_init(up: nn.ConvTranspose2d) -> None:
+    """Initialise a stride-2 transposed conv as per-channel bilinear upsampling."""
+    k = up.weight.shape[-1]
+    f = math.ceil(k / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    taps = 1 - torch.abs(torch.arange(k, dtype=torch.float32) / f - c)
+    kernel = taps[:, None] * taps[None, :]
+    with torch.no_grad():
+        up.weight.zero_()
+        for ch in range(min(up.weight.shape[0], up.weight.shape[1])):
+            up.weight[ch, ch] = kernel
+
+
+def _upsample(channels: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, bias=False)
+
+
+def deconv_neck(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """``res_18`` neck: [4x4 transposed conv + BN + ReLU] per stage (keys 0, 1, 3, 4, 6, 7)."""
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        up = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)
+        nn.init.normal_(up.weight, std=0.001)
+        layers += [up, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+def conv_up_neck(in_channels: int, channels: tuple[int, ...], deformable: bool) -> nn.Sequential:
+    """``resdcn_18`` neck: [3x3 DCN + BN + ReLU + 4x4 transposed conv + BN + ReLU] per
+    stage; with ``deformable=False`` the DCN is an ordinary 3x3 conv (small variant)."""
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        if deformable:
+            conv: nn.Module = ModulatedDeformConv(in_channels, out_channels)
+        else:
+            conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        up = _upsample(out_channels)
+        _bilinear_upsampling_init(up)
+        layers += [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+                   up, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+def _head(in_channels: int, head_conv: int, out_channels: int) -> nn.Sequential:
+    head = nn.Sequential(
+        nn.Conv2d(in_channels, head_conv, 3, padding=1, bias=True),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(head_conv, out_channels, 1),
+    )
+    nn.init.normal_(head[0].weight, std=0.001)
+    nn.init.zeros_(head[0].bias)
+    nn.init.normal_(head[2].weight, std=0.001)
+    nn.init.zeros_(head[2].bias)
+    return head
+
+
+class CenterNetNet(nn.Module):
+    """ResNet-18 CenterNet network with the official (flat) state-dict layout.
+
+    ``neck``: ``"deconv"`` (res_18), ``"dcn"`` (resdcn_18) or ``"conv"`` (the resdcn layout
+    with plain 3x3 convs). ``widths``: the four ResNet stage widths (64..512 for ResNet-18).
+    Returns raw head outputs ``{"hm": logits [B, C, H/4, W/4], "wh": [B, 2, ...], "reg": [B, 2, ...]}``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        neck: str = "dcn",
+        widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+        neck_channels: tuple[int, int, int] = (256, 128, 64),
+        head_conv: int = 64,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_channels = widths[0]
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or in_channels != width:
+                downsample = nn.Sequential(
+                    nn.Conv2d(in_channels, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
+                )
+            blocks = [BasicBlock(in_channels, width, stride, downsample), BasicBlock(width, width)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            in_channels = width
+        for m in self.modules():  # torchvision's ResNet initialisation, before the neck
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+        if neck == "deconv":
+            self.deconv_layers = deconv_neck(in_channels, neck_channels)
+        elif neck in ("dcn", "conv"):
+            self.deconv_layers = conv_up_neck(in_channels, neck_channels, deformable=neck == "dcn")
+        else:
+            raise ValueError(f"unknown CenterNet neck {neck!r} (deconv, dcn or conv)")
+        self.hm = _head(neck_channels[-1], head_conv, num_classes)
+        self.wh = _head(neck_channels[-1], head_conv, 2)
+        self.reg = _head(neck_channels[-1], head_conv, 2)
+        nn.init.constant_(self.hm[2].bias, HM_BIAS_INIT)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.deconv_layers(x)
+        return {"hm": self.hm(x), "wh": self.wh(x), "reg": self.reg(x)}
+
+
+# ----------------------------------------------------------------------------- targets and loss
+
+
+def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
+    """CornerNet's gaussian radius for a box of ``height`` x ``width`` (output pixels), as the
+    official CenterNet computes it: the smallest of three quadratic roots (corners moved
+    together inside, outside, or one in and one out), each taken as ``(b + sqrt(disc)) / 2``."""
+    area = height * width
+    roots = []
+    for a, b, c in (
+        (1.0, height + width, area * (1 - min_overlap) / (1 + min_overlap)),
+        (4.0, 2 * (height + width), (1 - min_overlap) * area),
+        (4.0 * min_overlap, -2 * min_overlap * (height + width), (min_overlap - 1) * area),
+    ):
+        roots.append((b + math.sqrt(b * b - 4 * a * c)) / 2)
+    return min(roots)
+
+
+def gaussian_kernel(radius: int) -> torch.Tensor:
+    """A (2r+1)^2 gaussian with sigma = diameter / 6 and peak 1; tiny tails set to 0."""
+    diameter = 2 * radius + 1
+    sigma = diameter / 6
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2 * sigma * sigma))
+    kernel[kernel < torch.finfo(torch.float32).eps * kernel.max()] = 0
+    return kernel
+
+
+def draw_gaussian(heatmap: torch.Tensor, cx: int, cy: int, radius: int) -> None:
+    """Max a gaussian of ``radius`` centred on (cx, cy) into ``heatmap`` [H, W] in place."""
+    height, width = heatmap.shape
+    kernel = gaussian_kernel(radius).to(heatmap)
+    left, right = min(cx, radius), min(width - cx, radius + 1)
+    top, bottom = min(cy, radius), min(height - cy, radius + 1)
+    region = heatmap[cy - top : cy + bottom, cx - left : cx + right]
+    patch = kernel[radius - top : radius + bottom, radius - left : radius + right]
+    torch.maximum(region, patch, out=region)
+
+
+def encode_targets(
+    boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, out_height: int, out_width: int
+) -> dict[str, torch.Tensor]:
+    """Ground truth of one image -> CenterNet training targets at output stride 4.
+
+    ``boxes`` [N, 4] xyxy input pixels, ``labels`` [N] native class indices. Returns
+    ``heatmap`` [C, h, w], and per kept object ``index`` [M] (flat ``y * w + x`` of the
+    integer centre), ``size`` [M, 2] (w, h in output pixels) and ``offset`` [M, 2] (centre
+    minus integer centre). Boxes are clipped to the output map; empty ones are dropped.
+    """
+    heatmap = torch.zeros(num_classes, out_height, out_width)
+    boxes = boxes.detach().float().cpu() / OUTPUT_STRIDE
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_height)
+    index, size, offset = [], [], []
+    for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
+        w, h = x2 - x1, y2 - y1
+        if w <= 0 or h <= 0:
+            continue
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        ix, iy = min(int(cx), out_width - 1), min(int(cy), out_height - 1)
+        radius = max(0, int(gaussian_radius(math.ceil(h), math.ceil(w))))
+        draw_gaussian(heatmap[int(label)], ix, iy, radius)
+        index.append(iy * out_width + ix)
+        size.append((w, h))
+        offset.append((cx - ix, cy - iy))
+    return {
+        "heatmap": heatmap,
+        "index": torch.tensor(index, dtype=torch.long),
+        "size": torch.tensor(size, dtype=torch.float32).reshape(-1, 2),
+        "offset": torch.tensor(offset, dtype=torch.float32).reshape(-1, 2),
+    }
+
+
+def focal_loss(pred: torch.Tensor, gt: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """CornerNet's penalty-reduced pixel-wise focal loss, normalised by the number of peaks.
+
+    ``pred``: probabilities (sigmoid, clamped away from 0 and 1); ``gt``: gaussian heat
+    maps with exact 1 at object centres.
+    """
+    pos = gt.eq(1).float()
+    neg = 1 - pos
+    pos_loss = (torch.log(pred) * (1 - pred).pow(alpha) * pos).sum()
+    neg_loss = (torch.log(1 - pred) * pred.pow(alpha) * (1 - gt).pow(beta) * neg).sum()
+    num_pos = pos.sum()
+    if num_pos == 0:
+        return -neg_loss
+    return -(pos_loss + neg_loss) / num_pos
+
+
+def centernet_loss(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Focal heat-map loss + 0.1 * L1 size + 1 * L1 offset, for a batch of encoded targets."""
+    hm = outputs["hm"].sigmoid().clamp(1e-4, 1 - 1e-4)
+    gt = torch.stack([t["heatmap"] for t in targets]).to(hm)
+    loss = focal_loss(hm, gt)
+    batch, _, height, width = hm.shape
+    flat_index = torch.cat([t["index"] + b * height * width for b, t in enumerate(targets)]).to(hm.device)
+    if flat_index.numel():
+        def gather(x: torch.Tensor) -> torch.Tensor:  # [B, 2, h, w] -> [M, 2] at the centres
+            return x.permute(0, 2, 3, 1).reshape(batch * height * width, -1)[flat_index]
+
+        size = torch.cat([t["size"] for t in targets]).to(hm)
+        offset = torch.cat([t["offset"] for t in targets]).to(hm)
+        # The official RegL1Loss: summed L1 over the centres / (number of regressed values).
+        denom = size.numel() + 1e-4
+        loss = loss + SIZE_LOSS_WEIGHT * (gather(outputs["wh"]) - size).abs().sum() / denom
+        loss = loss + OFFSET_LOSS_WEIGHT * (gather(outputs["reg"]) - offset).abs().sum() / denom
+    else:
+        loss = loss + 0 * (outputs["wh"].sum() + outputs["reg"].sum())
+    return loss
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_detections(
+    heat: torch.Tensor, wh: torch.Tensor, reg: torch.Tensor, k: int = MAX_DETECTIONS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peaks of ``heat`` (probabilities [B, C, h, w]) -> top-``k`` boxes [B, k, 4] (xyxy,
+    output-map pixels), scores [B, k] and native labels [B, k]."""
+    batch, num_classes, height, width = heat.shape
+    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    k = min(k, num_classes * height * width)
+    scores, flat = peaks.reshape(batch, -1).topk(k)
+    labels = flat // (height * width)
+    pixel = flat % (height * width)
+    ys, xs = (pixel // width).float(), (pixel % width).float()
+
+    def at_peaks(x: torch.Tensor) -> torch.Tensor:  # [B, 2, h, w] -> [B, k, 2]
+        return x.reshape(batch, 2, -1).gather(2, pixel[:, None, :].expand(-1, 2, -1)).transpose(1, 2)
+
+    size, offset = at_peaks(wh), at_peaks(reg)
+    cx, cy = xs + offset[..., 0], ys + offset[..., 1]
+    half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
+    boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
+    return boxes, scores, labels
+
+
+# ----------------------------------------------------------------------------- the detector
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix DataParallel checkpoints carry."""
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an official CenterNet checkpoint (``{'epoch', 'state_dict'}`` or a bare state
+    dict) with ``weights_only=True``; returns the state dict without ``module.`` prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CenterNet checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(f"{path}: not a loadable CenterNet checkpoint ({e})") from e
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: no state_dict in CenterNet checkpoint")
+    return strip_module_prefix(state_dict)
+
+
+class CenterNet(Detector):
+    """CenterNet behind the :class:`Detector` interface.
+
+    ``native_classes`` are the classes the heat map predicts; ``classes`` the dataset's.
+    Predictions are mapped native -> dataset (natives without a dataset class dropped);
+    ground-truth labels dataset -> native (dataset classes without a native one dropped).
+    """
+
+    family = "centernet"
+
+    def __init__(
+        self,
+        classes: list[str],
+        native_classes: list[str] | None = None,
+        arch: str = "resdcn_18",
+        pseudo_threshold: float = 0.3,
+        max_detections: int = MAX_DETECTIONS,
+    ) -> None:
+        super().__init__(classes, pseudo_threshold=pseudo_threshold)
+        self.native_classes = list(native_classes) if native_classes is not None else list(classes)
+        self.arch = arch
+        self.max_detections = max_detections
+        self.model = CenterNetNet(len(self.native_classes), **ARCHITECTURES[arch])
+        self.register_buffer("mean_bgr", torch.tensor(MEAN_BGR).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std_bgr", torch.tensor(STD_BGR).view(1, 3, 1, 1), persistent=False)
+        native_to_dataset = _class_map(self.native_classes, self.classes)
+        lut = torch.full((len(self.native_classes),), -1, dtype=torch.long)
+        for n, d in native_to_dataset.items():
+            lut[n] = d
+        self.register_buffer("native_to_dataset", lut, persistent=False)
+        lut = torch.full((len(self.classes),), -1, dtype=torch.long)
+        for n, d in native_to_dataset.items():
+            lut[d] = n
+        self.register_buffer("dataset_to_native", lut, persistent=False)
+
+    @property
+    def build_kwargs(self) -> dict:
+        """What :func:`build_detector` needs (besides ``classes``) to rebuild this network."""
+        return {"native_classes": self.native_classes}
+
+    def load_official(self, path: str | os.PathLike) -> CenterNet:
+        """Load an official ctdet checkpoint (strict key matching)."""
+        state_dict = load_official_state_dict(path)
+        try:
+            self.model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0:2]
+            raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout ({' '.join(first)})") from e
+        return self
+
+    def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """RGB [0, 1] images -> one BGR-normalised batch, padded bottom/right with black to
+        a common size that is a multiple of 32."""
+        height = max(img.shape[-2] for img in images)
+        width = max(img.shape[-1] for img in images)
+        height = -(-height // INPUT_MULTIPLE) * INPUT_MULTIPLE
+        width = -(-width // INPUT_MULTIPLE) * INPUT_MULTIPLE
+        batch = torch.stack([
+            F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2])) for img in images
+        ]).to(self.mean_bgr.device, torch.float32)
+        return (batch.flip(1) - self.mean_bgr) / self.std_bgr
+
+    def predict_raw(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        # Each image keeps its own resolution (padded to a multiple of 32), as at official test time.
+        results = []
+        for img in images:
+            outputs = self.model(self.preprocess([img]))
+            boxes, scores, labels = decode_detections(
+                outputs["hm"].sigmoid(), outputs["wh"], outputs["reg"], k=self.max_detections
+            )
+            boxes, scores, labels = boxes[0] * OUTPUT_STRIDE, scores[0], self.native_to_dataset[labels[0]]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img.shape[-1])
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img.shape[-2])
+            keep = labels >= 0
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results
+
+    def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        outputs = self.model(self.preprocess(images))
+        _, num_classes, out_height, out_width = outputs["hm"].shape
+        encoded = []
+        for t in targets:
+            labels = self.dataset_to_native[t["labels"].to(self.dataset_to_native.device).long()]
+            keep = labels >= 0
+            encoded.append(
+                encode_targets(t["boxes"][keep.to(t["boxes"].device)], labels[keep], num_classes, out_height, out_width)
+            )
+        return centernet_loss(outputs, encoded)
+
+
+def _class_map(native: list[str], dataset: list[str]) -> dict[int, int]:
+    """native index -> dataset index (identity when the lists are equal)."""
+    if native == dataset:
+        return {i: i for i in range(len(native))}
+    from icm.data.classmaps import class_map
+
+    return dict(class_map(native, dataset))
+
+
+# ----------------------------------------------------------------------------- builders
+
+ARCHITECTURES: dict[str, dict] = {
+    "resdcn_18": {"neck": "dcn", "neck_channels": (256, 128, 64)},
+    "res_18": {"neck": "deconv", "neck_channels": (256, 256, 256)},
+    # ~1.4 M parameters (2.8 MB fp16): quarter-width ResNet-18 + the resdcn neck with plain convs.
+    "small": {"neck": "conv", "widths": (16, 32, 64, 128), "neck_channels": (64, 64, 64), "head_conv": 64},
+}
+
+
+def _coco_classes() -> list[str]:
+    from icm.data import COCO_CLASSES
+
+    return list(COCO_CLASSES)
+
+
+def build_centernet(
+    arch: str,
+    registered_name: str,
+    classes: list[str] | None = None,
+    num_classes: int | None = None,
+    weights: str | os.PathLike | None = "default",
+    device: str | torch.device = "cpu",
+    native_classes: list[str] | None = None,
+    **kwargs,
+) -> CenterNet:
+    """Build a CenterNet. ``weights``: ``"default"`` (the official COCO file, looked up in
+    torch hub's checkpoint folder), a path to an official checkpoint, or None (random init).
+
+    With official weights the network predicts the 80 COCO classes and ``classes`` (the
+    dataset's, default COCO) are reached through the class map; with ``weights=None`` the
+    network predicts ``classes`` directly (``num_classes`` alone gives classes "0".."N-1").
+    """
+    if classes is None and num_classes is not None:
+        classes = [str(i) for i in range(num_classes)]
+    if weights == "default" and arch == "small":
+        weights = None  # no public weights: the toy model is trained by train_detector.py
+    if weights is not None and native_classes is None:
+        native_classes = _coco_classes()
+    if classes is None:
+        classes = list(native_classes) if native_classes is not None else _coco_classes()
+    detector = CenterNet(classes, native_classes=native_classes, arch=arch, **kwargs)
+    if weights == "default":
+        filename = OFFICIAL_FILES[arch]
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"CenterNet weights {filename} cannot be downloaded automatically: fetch it from the "
+                f"official CenterNet model zoo and pass --weights {registered_name}=PATH (or put it in {weights.parent})"
+            )
+    if weights is not None:
+        detector.load_official(weights)
+    detector.name = registered_name
+    return detector.to(device)
+
+
+@register("centernet")
+def build_centernet_resdcn18(**kwargs) -> CenterNet:
+    """CenterNet ResDCN-18 (official ``ctdet_coco_resdcn18.pth`` layout)."""
+    return build_centernet("resdcn_18", "centernet", **kwargs)
+
+
+@register("centernet_res18")
+def build_centernet_res18(**kwargs) -> CenterNet:
+    """CenterNet ResNet-18 with the plain transposed-conv neck (official ``res_18`` layout)."""
+    return build_centernet("res_18", "centernet_res18", **kwargs)
+
+
+@register("centernet_small")
+def build_centernet_small(**kwargs) -> CenterNet:
+    """Small CenterNet for the toy world (trains on CPU); random init unless a path is given."""
+    return build_centernet("small", "centernet_small", **kwargs)
+
+
+__all__ = [
+    "CenterNet",
+    "CenterNetNet",
+    "centernet_loss",
+    "decode_detections",
+    "encode_targets",
+    "focal_loss",
+    "gaussian_radius",
+    "load_official_state_dict",
+]

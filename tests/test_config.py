@@ -1,0 +1,90 @@
+import argparse
+
+import pytest
+import yaml
+
+from icm.cli import fraction
+from icm.config import ConfigError, load_yaml, parse_args_with_config, save_run_config
+
+
+def _parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    p.add_argument("--epsilon", type=fraction, default=8 / 255)
+    p.add_argument("--meta_steps", type=int, default=10)
+    p.add_argument("--direction", choices=["helpful", "harmful"], default="helpful")
+    p.add_argument("--weights", action="append", default=[])
+    return p
+
+
+def test_defaults_without_config():
+    args = parse_args_with_config(_parser(), [], "meta_aafg")
+    assert args.epsilon == pytest.approx(8 / 255) and args.meta_steps == 10
+
+
+def test_config_sets_defaults_and_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("meta_steps: 3\nmeta_aafg:\n  epsilon: 4/255\n  direction: harmful\n")
+    args = parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+    assert args.meta_steps == 3 and args.epsilon == pytest.approx(4 / 255)
+    assert args.direction == "harmful"
+    args = parse_args_with_config(_parser(), ["--config", str(cfg), "--meta_steps", "7"], "meta_aafg")
+    assert args.meta_steps == 7
+
+
+def test_section_of_another_cli_is_ignored_and_own_section_wins(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("meta_steps: 3\ncompression:\n  lr: 0.1\nmeta_aafg:\n  meta_steps: 5\n")
+    args = parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+    assert args.meta_steps == 5
+
+
+def test_unknown_key_in_section_is_an_error_naming_file_and_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("meta_aafg:\n  meta_stepz: 5\n")
+    with pytest.raises(ConfigError, match="c.yaml: unknown key 'meta_stepz'"):
+        parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+
+
+def test_unknown_top_level_key_warns(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_size: 4\n")
+    with pytest.warns(UserWarning, match="'batch_size' is not an option"):
+        parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+
+
+def test_bad_values_and_choices_are_errors(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("meta_aafg:\n  direction: sideways\n")
+    with pytest.raises(ConfigError, match="direction='sideways'"):
+        parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+    cfg.write_text("meta_aafg:\n  epsilon: eight\n")
+    with pytest.raises(ConfigError, match="bad value for 'epsilon'"):
+        parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+
+
+def test_list_flags_accept_scalars(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("meta_aafg:\n  weights: a=1.pt\n")
+    assert parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg").weights == ["a=1.pt"]
+
+
+def test_malformed_and_missing_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: malformed YAML"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="not-there.yaml: config file not found"):
+        load_yaml(tmp_path / "not-there.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_yaml(tmp_path / "list.yaml")
+
+
+def test_save_run_config_writes_resolved_config_and_environment(tmp_path):
+    args = argparse.Namespace(epsilon=0.5, save_path=tmp_path, models=("a", "b"))
+    save_run_config(tmp_path / "run", args, device="cpu")
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg == {"epsilon": 0.5, "save_path": str(tmp_path), "models": ["a", "b"]}
+    env = yaml.safe_load((tmp_path / "run" / "environment.yaml").read_text())
+    assert env["device"] == "cpu" and env["torch"]
