@@ -71,7 +71,10 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
             return _to_rgb(img)
     except ImageReadError:
         raise
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
+            ImportError) as e:
+        # ImportError: ultralytics patches Image.open to try optional decoders (pi-heif)
+        # for files Pillow cannot identify; for us that is still "not a readable image".
         raise ImageReadError(f"{path}: cannot read image ({e})") from e
 
 

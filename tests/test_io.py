@@ -147,3 +147,12 @@ def test_list_images_recursive_sorted_skips_hidden(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a/c.jpg", "b.png"]
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "missing")
+
+
+def test_foreign_file_is_an_image_error_even_after_ultralytics_import(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "false")
+    import ultralytics  # noqa: F401 - its import patches PIL.Image.open
+
+    (tmp_path / "f.png").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ImageReadError, match="f.png: cannot read image"):
+        read_image(tmp_path / "f.png")

@@ -53,11 +53,16 @@ class DetectionSample:
 
 @dataclass
 class DetectionDataset:
-    """A named list of samples with the class names their labels index."""
+    """A named list of samples with the class names their labels index.
+
+    ``class_ids`` (optional) gives each class's identifier in the source annotations, for
+    writing results in that space: the COCO category id, the Open Images label MID.
+    """
 
     name: str
     classes: list[str]
     samples: list[DetectionSample]
+    class_ids: list[int | str] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,170 @@
+"""Detection datasets: readers for VOC, COCO, Open Images, plain image folders and the
+synthetic toy set, all returning one record type, plus named configs and a torch Dataset.
+
+    from icm.data import load_dataset, DetectionImageDataset, collate_detection
+    dataset = load_dataset("voc", split="val")          # configs/datasets/voc.yaml
+    loader = DataLoader(DetectionImageDataset(dataset), batch_size=4, collate_fn=collate_detection)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from icm.config import CONFIG_DIR, REPO_ROOT, ConfigError, load_yaml, resolve_config_path
+from icm.data.classmaps import COCO_CLASSES, VOC_CLASSES, class_map
+from icm.data.coco import read_coco
+from icm.data.folder import read_image_folder
+from icm.data.oid import read_oid
+from icm.data.records import DetectionDataset, DetectionSample
+from icm.data.toy import TOY_CLASSES, is_toy_dataset, make_toy_dataset, read_toy
+from icm.data.voc import read_voc
+from icm.io import read_image_tensor
+
+__all__ = [
+    "COCO_CLASSES",
+    "TOY_CLASSES",
+    "VOC_CLASSES",
+    "DetectionDataset",
+    "DetectionImageDataset",
+    "DetectionSample",
+    "class_map",
+    "collate_detection",
+    "data_dir",
+    "load_dataset",
+    "make_toy_dataset",
+    "read_coco",
+    "read_image_folder",
+    "read_oid",
+    "read_toy",
+    "read_voc",
+]
+
+READERS: dict[str, Callable[..., DetectionDataset]] = {
+    "voc": read_voc,
+    "coco": read_coco,
+    "oid": read_oid,
+    "toy": read_toy,
+    "folder": read_image_folder,
+}
+# Reader options that are paths: relative ones are taken relative to the dataset root.
+PATH_OPTIONS = ("ann_file", "image_dir", "box_csv", "class_csv", "image_ids")
+
+
+def data_dir() -> Path:
+    """The base folder for relative dataset roots: ``$ICM_DATA_ROOT``, else ``<repo>/data``."""
+    return Path(os.environ.get("ICM_DATA_ROOT") or REPO_ROOT / "data")
+
+
+def load_dataset(
+    name_or_config: str | os.PathLike,
+    split: str = "val",
+    root: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> DetectionDataset:
+    """Load a dataset by config name (``voc``, ``coco``, ``oid``, ``toy``: the files in
+    ``configs/datasets/``), by the path of such a YAML file, or from a plain image folder.
+
+    ``split`` picks an entry of the config's ``splits``; ``root`` (a path as given, e.g.
+    ``--data_root``) replaces the config's root, the data's folder (e.g. a VOCdevkit); a
+    relative root in a config is under :func:`data_dir`. ``overrides`` replace or add
+    reader options (e.g. ``skip_unknown=True``). The toy set is generated on first use.
+    Missing data is a one-line error saying what is missing and how to point at it.
+    """
+    path = Path(name_or_config)
+    is_config_name = (CONFIG_DIR / "datasets" / f"{name_or_config}.yaml").is_file()
+    if path.is_dir() and not is_config_name:  # a config name wins over a folder of that name
+        return read_image_folder(path, **overrides)
+    config_path = resolve_config_path(name_or_config, "datasets")
+    config = load_yaml(config_path)
+    fmt = config.get("format")
+    if fmt not in READERS:
+        raise ConfigError(f"{config_path}: 'format' must be one of {sorted(READERS)}, got {fmt!r}")
+    if root is None:
+        root = Path(config.get("root", ""))
+        root = root if root.is_absolute() else data_dir() / root
+    root = Path(root)
+
+    splits = config.get("splits") or {}
+    if splits and split not in splits:
+        raise ConfigError(f"{config_path}: no split {split!r} (splits: {', '.join(splits)})")
+    options = {**(splits.get(split) or {}), **overrides}
+    for key in PATH_OPTIONS:
+        if isinstance(options.get(key), str):
+            options[key] = root / options[key]
+    accepted = inspect.signature(READERS[fmt]).parameters
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{config_path}: options {unknown} are not accepted by the {fmt} reader")
+
+    if fmt == "toy":
+        if not is_toy_dataset(root):
+            make_toy_dataset(root, **(config.get("generate") or {}))
+        return read_toy(root, **options)
+    for needed in [root] + [options[k] for k in PATH_OPTIONS if isinstance(options.get(k), Path)]:
+        if not needed.exists():
+            raise FileNotFoundError(
+                f"{config_path.stem} data not found: {needed} is missing. {config.get('download', '')} "
+                "Or pass the data's folder with --data_root, or set ICM_DATA_ROOT to the folder holding it."
+            )
+    if fmt in ("voc", "folder"):
+        return READERS[fmt](root, **options)
+    return READERS[fmt](**options)  # coco, oid: their files are options under root
+
+
+class DetectionImageDataset(Dataset):
+    """A torch Dataset over a :class:`DetectionDataset`.
+
+    Item ``i`` is ``(image, target)``: ``image`` a float tensor ``[3, H, W]`` in [0, 1]
+    (:func:`icm.io.read_image_tensor`), ``target`` a dict with ``boxes`` float32 [N, 4]
+    (xyxy pixels), ``labels`` int64 [N], ``difficult`` / ``iscrowd`` / ``group`` bool [N],
+    ``id`` (str) and ``size`` ``(H, W)``. ``transform(image, target) -> (image, target)``
+    is applied last, when given.
+    """
+
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        transform: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]] | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        sample = self.dataset[i]
+        image = read_image_tensor(sample.image_path)
+        height, width = image.shape[1:]
+        if (width, height) != (sample.width, sample.height):
+            raise ValueError(
+                f"{sample.image_path}: image is {width}x{height} but its annotation says "
+                f"{sample.width}x{sample.height}"
+            )
+        target = {
+            "boxes": torch.from_numpy(sample.boxes.copy()),
+            "labels": torch.from_numpy(sample.labels.copy()),
+            "difficult": torch.from_numpy(sample.difficult.copy()),
+            "iscrowd": torch.from_numpy(sample.iscrowd.copy()),
+            "group": torch.from_numpy(sample.group.copy()),
+            "id": sample.id,
+            "size": (height, width),
+        }
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+def collate_detection(
+    batch: list[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """DataLoader ``collate_fn``: images (sizes may differ) and targets as two lists."""
+    images, targets = zip(*batch, strict=True) if batch else ((), ())
+    return list(images), list(targets)

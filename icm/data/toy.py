@@ -1,0 +1,268 @@
+"""The toy world's data: a deterministic synthetic detection set in VOC layout.
+
+Each image shows 1 to 4 shapes of :data:`TOY_CLASSES` with random colour, shading, size,
+rotation and position on a textured background (smooth noise, a gradient or stripes),
+plus mild pixel noise. Later shapes may cover earlier ones, but never more than
+:data:`MAX_OCCLUDED` of any shape's pixels. Every shape lies wholly inside the image and
+its box is exactly the extent of the pixels it was drawn with (before anything covered
+it), so boxes are tight and integral. The layout is a single VOC year folder::
+
+    <root>/JPEGImages/<id>.png        lossless images (ids train_00000..., val_00000...)
+    <root>/Annotations/<id>.xml       VOC XML, 1-based coordinates (see icm.data.voc)
+    <root>/ImageSets/Main/{train,val}.txt
+    <root>/objects.json               what was drawn: per id, name, box (0-based xyxy), visible
+    <root>/toy.json                   the generation parameters; written last (completion)
+
+Determinism: every image has its own ``numpy`` generator seeded with (seed, split,
+index), so a split does not change when the other split's size changes, and the same
+parameters give the same bytes (with the same Pillow and zlib). The set is generated in
+a temporary folder (``.<name>.partial-<pid>`` beside it) and renamed into place, so a
+crash never leaves a half set where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from icm.data.records import DetectionDataset
+from icm.data.voc import read_voc
+from icm.io import read_json
+
+TOY_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
+TOY_FORMAT_VERSION = 1
+MARKER_FILE = "toy.json"
+OBJECTS_FILE = "objects.json"
+SPLITS = ("train", "val")
+
+MAX_OBJECTS = 4
+MAX_OCCLUDED = 0.4  # at most this fraction of a shape's pixels may be covered by later shapes
+RADIUS_RANGE = (0.07, 0.2)  # circumradius of a shape, as a fraction of the image size
+MIN_CONTRAST = 80.0  # mean RGB distance between a shape's colour and the pixels it covers
+PIXEL_NOISE = 4.0  # standard deviation of the additive pixel noise, in 8-bit levels
+PLACEMENT_TRIES = 30
+
+
+def make_toy_dataset(
+    out_dir: str | os.PathLike, train: int = 2000, val: int = 300, size: int = 128, seed: int = 0
+) -> Path:
+    """Generate the toy set into ``out_dir`` and return it.
+
+    An ``out_dir`` that already holds a complete set with these parameters is returned
+    as is; one with other parameters, or any other non-empty folder, is an error.
+    """
+    out_dir = Path(out_dir)
+    params = {"format_version": TOY_FORMAT_VERSION, "train": int(train), "val": int(val),
+              "size": int(size), "seed": int(seed), "classes": TOY_CLASSES}  # fmt: skip
+    if train < 0 or val < 0 or train + val == 0:
+        raise ValueError(f"need a non-negative number of images in each split and at least one, got train={train} val={val}")
+    if size < 32:
+        raise ValueError(f"image size must be at least 32 px, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if (out_dir / MARKER_FILE).is_file():
+        existing = {k: v for k, v in read_json(out_dir / MARKER_FILE).items() if k in params}
+        if existing == params:
+            return out_dir
+        raise FileExistsError(
+            f"{out_dir}: holds a toy set made with {existing}, not {params}; remove it or choose another folder"
+        )
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir}: exists and is not a complete toy set; remove it or choose another folder")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        _write_toy_dataset(tmp, params)
+        try:
+            os.rename(tmp, out_dir)  # atomic; replaces an empty folder
+        except OSError:
+            if not is_toy_dataset(out_dir):
+                raise
+            # Another process finished first: use its set if it has the same parameters.
+            return make_toy_dataset(out_dir, train, val, size, seed)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def is_toy_dataset(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a complete toy set."""
+    return (Path(root) / MARKER_FILE).is_file()
+
+
+def read_toy(root: str | os.PathLike, split: str = "val") -> DetectionDataset:
+    """Read one split (``train`` or ``val``) of a toy set made by :func:`make_toy_dataset`."""
+    root = Path(root)
+    if not is_toy_dataset(root):
+        raise FileNotFoundError(
+            f"{root}: no complete toy set (make one with scripts/make_toy_dataset.py --out {root})"
+        )
+    return read_voc(root, split, classes=TOY_CLASSES, name=f"toy_{split}")
+
+
+def _write_toy_dataset(root: Path, params: dict) -> None:
+    """Draw every image of both splits into ``root`` (a fresh folder); marker file last."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    size = params["size"]
+    drawn: dict[str, list[dict]] = {}
+    jobs = [(split, i) for split in SPLITS for i in range(params[split])]
+    for split, i in tqdm(jobs, desc="toy images", unit="img", disable=None):
+        image_id = f"{split}_{i:05d}"
+        rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
+        pixels, objects = render_toy_image(rng, size)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
+        (root / "JPEGImages" / f"{image_id}.png").write_bytes(buf.getvalue())
+        (root / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(f"{image_id}.png", size, objects))
+        drawn[image_id] = objects
+    for split in SPLITS:
+        ids = [f"{split}_{i:05d}\n" for i in range(params[split])]
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(ids), encoding="utf-8")
+    (root / OBJECTS_FILE).write_text(json.dumps(drawn, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (root / MARKER_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+
+
+def render_toy_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict]]:
+    """One image (uint8 ``[size, size, 3]``) and its objects: ``name``, ``box`` (0-based
+    xyxy, exclusive right/bottom edges) and ``visible`` (fraction not covered)."""
+    canvas = _background(rng, size)
+    placed: list[dict] = []  # name, box, area, visible (its pixels not covered by later shapes)
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        for _try in range(PLACEMENT_TRIES):
+            kind = TOY_CLASSES[int(rng.integers(len(TOY_CLASSES)))]
+            radius = float(rng.uniform(*RADIUS_RANGE)) * size
+            cx, cy = rng.uniform(radius + 1, size - 1 - radius, size=2)
+            angle = float(rng.uniform(0, 2 * math.pi))
+            mask = _shape_mask(kind, float(cx), float(cy), radius, angle, size)
+            if all((p["visible"] & ~mask).sum() >= (1 - MAX_OCCLUDED) * p["area"] for p in placed):
+                break
+        else:
+            break  # no room left for another shape
+        for p in placed:
+            p["visible"] = p["visible"] & ~mask
+        rows, cols = np.nonzero(mask)
+        colour = _contrasting_colour(rng, canvas[rows, cols])
+        # A linear shading across the shape so it is not a flat colour.
+        shade_angle = rng.uniform(0, 2 * math.pi)
+        shade = 1 + 0.15 * ((cols - cx) * math.cos(shade_angle) + (rows - cy) * math.sin(shade_angle)) / radius
+        canvas[rows, cols] = colour * shade[:, None].astype(np.float32)
+        box = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+        placed.append({"name": kind, "box": box, "area": len(rows), "visible": mask})
+    canvas += PIXEL_NOISE * rng.standard_normal(canvas.shape, dtype=np.float32)
+    pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    objects = [
+        {"name": p["name"], "box": p["box"], "visible": round(int(p["visible"].sum()) / p["area"], 4)}
+        for p in placed
+    ]
+    return pixels, objects
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A float32 ``[size, size, 3]`` texture: smooth noise, a gradient or stripes."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        cells = int(rng.integers(3, 9))
+        grid = rng.uniform(30, 225, (cells, cells, 3)).astype(np.uint8)
+        return np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC), dtype=np.float32)
+    c1, c2 = rng.uniform(30, 225, (2, 3)).astype(np.float32)
+    yy, xx = _pixel_grid(size)
+    angle = rng.uniform(0, 2 * math.pi)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    if kind == 1:
+        t = (along - along.min()) / (along.max() - along.min())
+    else:
+        period = rng.uniform(0.06, 0.25) * size
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * along / period + rng.uniform(0, 2 * math.pi))
+    return c1 * (1 - t[..., None]) + c2 * t[..., None]
+
+
+@functools.cache
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every pixel, float32 ``[size, size]`` each (read-only)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """A random colour whose mean RGB distance to the pixels ``under`` it (``[N, 3]``) is
+    at least MIN_CONTRAST (or the best of a few tries)."""
+    best, best_distance = None, -1.0
+    for _ in range(10):
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        distance = float(np.linalg.norm(under - colour, axis=1).mean())
+        if distance > best_distance:
+            best, best_distance = colour, distance
+        if distance >= MIN_CONTRAST:
+            break
+    return best
+
+
+def _shape_mask(kind: str, cx: float, cy: float, radius: float, angle: float, size: int) -> np.ndarray:
+    """Boolean ``[size, size]`` mask of one shape (no anti-aliasing: its box is exact)."""
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    if kind in ("circle", "ring"):
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
+        if kind == "ring":
+            inner = 0.55 * radius
+            draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)
+    else:
+        if kind == "square":
+            local = [(math.cos(a), math.sin(a)) for a in np.arange(4) * math.pi / 2 + math.pi / 4]
+        elif kind == "triangle":
+            local = [(math.cos(a), math.sin(a)) for a in np.arange(3) * 2 * math.pi / 3 - math.pi / 2]
+        elif kind == "star":
+            local = [
+                (r * math.cos(a), r * math.sin(a))
+                for k in range(10)
+                for r, a in [(1.0 if k % 2 == 0 else 0.45, k * math.pi / 5 - math.pi / 2)]
+            ]
+        elif kind == "cross":
+            w, s = 0.33, 1 / math.hypot(1, 0.33)  # arm half-width; s puts the corners on the circle
+            local = [(s * u, s * v) for u, v in [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w),
+                     (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]]  # fmt: skip
+        else:
+            raise ValueError(f"unknown toy shape {kind!r}")
+        cos, sin = math.cos(angle), math.sin(angle)
+        points = [(cx + radius * (u * cos - v * sin), cy + radius * (u * sin + v * cos)) for u, v in local]
+        draw.polygon(points, fill=255)
+    return np.asarray(img) > 0
+
+
+def _voc_xml(filename: str, size: int, objects: list[dict]) -> bytes:
+    """VOC annotation XML for one toy image (0-based boxes -> 1-based VOC coordinates)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "toy"
+    ET.SubElement(root, "filename").text = filename
+    size_el = ET.SubElement(root, "size")
+    for key, value in (("width", size), ("height", size), ("depth", 3)):
+        ET.SubElement(size_el, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for obj in objects:
+        obj_el = ET.SubElement(root, "object")
+        ET.SubElement(obj_el, "name").text = obj["name"]
+        ET.SubElement(obj_el, "pose").text = "Unspecified"
+        ET.SubElement(obj_el, "truncated").text = "0"
+        ET.SubElement(obj_el, "difficult").text = "0"
+        x1, y1, x2, y2 = obj["box"]
+        box_el = ET.SubElement(obj_el, "bndbox")
+        for key, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(box_el, key).text = str(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"

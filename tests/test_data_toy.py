@@ -1,0 +1,184 @@
+"""icm.data.toy and scripts/make_toy_dataset.py: determinism, exact read-back, atomicity."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from icm.data.toy import (
+    MAX_OCCLUDED,
+    TOY_CLASSES,
+    is_toy_dataset,
+    make_toy_dataset,
+    read_toy,
+    render_toy_image,
+)
+from icm.io import read_image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_toy(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", train=8, val=4, size=64, seed=3)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(small_toy, tmp_path):
+    again = make_toy_dataset(tmp_path / "again", train=8, val=4, size=64, seed=3)
+    assert _tree_hash(again) == _tree_hash(small_toy)
+    other = make_toy_dataset(tmp_path / "other", train=8, val=4, size=64, seed=4)
+    assert _tree_hash(other) != _tree_hash(small_toy)
+
+
+def test_val_split_does_not_depend_on_train_size(small_toy, tmp_path):
+    fewer = make_toy_dataset(tmp_path / "fewer", train=2, val=4, size=64, seed=3)
+    for i in range(4):
+        name = f"JPEGImages/val_{i:05d}.png"
+        assert (fewer / name).read_bytes() == (small_toy / name).read_bytes()
+
+
+def test_reader_reads_back_exactly_what_was_drawn(small_toy):
+    drawn = json.loads((small_toy / "objects.json").read_text())
+    assert len(drawn) == 12
+    for split, count in (("train", 8), ("val", 4)):
+        ds = read_toy(small_toy, split)
+        assert ds.name == f"toy_{split}" and ds.classes == TOY_CLASSES
+        assert [s.id for s in ds] == [f"{split}_{i:05d}" for i in range(count)]
+        for sample in ds:
+            objects = drawn[sample.id]
+            assert 1 <= len(objects) <= 4
+            assert (sample.width, sample.height) == (64, 64)
+            np.testing.assert_array_equal(sample.boxes, [o["box"] for o in objects])
+            np.testing.assert_array_equal(sample.labels, [TOY_CLASSES.index(o["name"]) for o in objects])
+            assert not sample.difficult.any()
+            assert all(o["visible"] >= 1 - MAX_OCCLUDED for o in objects)
+            image = read_image(sample.image_path)
+            assert image.size == (64, 64) and sample.image_path.suffix == ".png"
+
+
+def test_marker_records_parameters_and_rerun_reuses_the_set(small_toy):
+    params = json.loads((small_toy / "toy.json").read_text())
+    assert {k: params[k] for k in ("train", "val", "size", "seed")} == {"train": 8, "val": 4, "size": 64, "seed": 3}
+    mtime = (small_toy / "toy.json").stat().st_mtime_ns
+    assert make_toy_dataset(small_toy, train=8, val=4, size=64, seed=3) == small_toy
+    assert (small_toy / "toy.json").stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="holds a toy set made with"):
+        make_toy_dataset(small_toy, train=9, val=4, size=64, seed=3)
+
+
+def test_boxes_are_tight_and_cover_every_drawn_pixel(monkeypatch):
+    import icm.data.toy as toy
+
+    # On a flat grey background without pixel noise, the drawn pixels are exactly the
+    # pixels that are not grey: each box must touch them on all four edges and the boxes
+    # together must cover all of them.
+    monkeypatch.setattr(toy, "_background", lambda rng, size: np.full((size, size, 3), 128, np.float32))
+    monkeypatch.setattr(toy, "PIXEL_NOISE", 0.0)
+    n_objects = 0
+    for seed in range(10):
+        pixels, objects = render_toy_image(np.random.default_rng(seed), 96)
+        drawn = (pixels != 128).any(axis=2)
+        covered = np.zeros_like(drawn)
+        for obj in objects:
+            x1, y1, x2, y2 = obj["box"]
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+            inside = drawn[y1:y2, x1:x2]
+            assert inside[:, 0].any() and inside[:, -1].any() and inside[0].any() and inside[-1].any()
+            covered[y1:y2, x1:x2] = True
+        assert not (drawn & ~covered).any()
+        n_objects += len(objects)
+    assert n_objects > 10
+
+
+@pytest.mark.parametrize(
+    "kind, area_fraction",  # analytic area / area of the circumscribed circle
+    [("circle", 1.0), ("square", 2 / np.pi), ("triangle", 3 * np.sqrt(3) / (4 * np.pi)),
+     ("cross", (8 * 0.33 - 4 * 0.33**2) / (1 + 0.33**2) / np.pi), ("ring", 1 - 0.55**2),
+     ("star", 5 * 0.45 * np.sin(np.pi / 5) / np.pi)],
+)
+def test_shape_masks_have_their_shape_area(kind, area_fraction):
+    from icm.data.toy import _shape_mask
+
+    radius = 20.0
+    mask = _shape_mask(kind, 40.3, 38.7, radius, 0.4, 80)
+    assert mask.dtype == bool
+    assert mask.sum() / (np.pi * radius**2) == pytest.approx(area_fraction, rel=0.12)
+    rows, cols = np.nonzero(mask)
+    assert cols.min() >= 40.3 - radius - 1 and cols.max() <= 40.3 + radius + 1
+    assert rows.min() >= 38.7 - radius - 1 and rows.max() <= 38.7 + radius + 1
+
+
+def test_bad_parameters_and_non_empty_folder(tmp_path):
+    with pytest.raises(ValueError, match="at least 32 px"):
+        make_toy_dataset(tmp_path / "a", train=1, val=1, size=16)
+    with pytest.raises(ValueError, match="at least one"):
+        make_toy_dataset(tmp_path / "a", train=0, val=0)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "stray.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a complete toy set"):
+        make_toy_dataset(tmp_path / "b", train=1, val=1, size=32)
+    with pytest.raises(FileNotFoundError, match="no complete toy set"):
+        read_toy(tmp_path / "b")
+
+
+def test_crash_leaves_no_half_set(tmp_path, monkeypatch):
+    import icm.data.toy as toy
+
+    calls = {"n": 0}
+    real_render = toy.render_toy_image
+
+    def crash_on_third(rng, size):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real_render(rng, size)
+
+    monkeypatch.setattr(toy, "render_toy_image", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        make_toy_dataset(tmp_path / "toy", train=4, val=1, size=32)
+    assert not (tmp_path / "toy").exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too
+    monkeypatch.setattr(toy, "render_toy_image", real_render)
+    out = make_toy_dataset(tmp_path / "toy", train=4, val=1, size=32)
+    assert is_toy_dataset(out) and len(read_toy(out, "train")) == 4
+
+
+def test_cli_writes_a_set_and_help_shows_defaults(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import make_toy_dataset as cli
+    finally:
+        sys.path.pop(0)
+    assert cli.main(["--out", str(tmp_path / "cli"), "--train", "3", "--val", "2", "--size", "32", "--seed", "1"]) == 0
+    assert "5 images" in capsys.readouterr().out
+    assert len(read_toy(tmp_path / "cli", "val")) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--out", str(tmp_path / "bad"), "--size", "8"])
+    assert exit_info.value.code == 2
+    assert "error: image size must be at least 32 px" in capsys.readouterr().err
+    help_text = cli.build_parser().format_help()
+    for default in ("(default: 2000)", "(default: 300)", "(default: 128)", "(default: 0)"):
+        assert default in help_text
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: 4 to 10 s on a busy machine
+def test_script_runs_standalone(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_toy_dataset.py"), "--out", str(tmp_path / "t"),
+         "--train", "1", "--val", "1", "--size", "32"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "t" / "JPEGImages" / "train_00000.png").size == (32, 32)
