@@ -28,7 +28,9 @@ from icm.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("ICM_CONFIG_DIR", REPO_ROOT / "configs"))
-SECTIONS = ("meta_aafg", "compression", "evaluation", "train_detector", "toy_assets")
+SECTIONS = (
+    "meta_aafg", "compression", "evaluation", "make_tables", "codec", "train_detector", "toy_assets",
+)
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,198 @@
+"""Encode one image into a real bitstream file and decode it back.
+
+    python -m Evaluation.codec compress IMG -o FILE.bin --checkpoint CK.pth.tar
+    python -m Evaluation.codec compress IMG -o FILE.bin --backbone bmshj2018-hyperprior --quality 3
+    python -m Evaluation.codec decompress FILE.bin -o IMG.png [--checkpoint CK.pth.tar]
+
+File layout (big-endian): magic ``ICMC`` | format version (u8) | header length (u16) |
+header (UTF-8 JSON: codec ``arch`` with backbone, quality, metric and sizes; ``source``
+zoo or checkpoint with the checkpoint's file name and SHA-256 prefix; image ``height`` and
+``width``; padding; latent ``shape``; number of streams) | per stream: length (u32) + bytes.
+A zoo-coded file decodes from the file alone; a checkpoint-coded file also needs that
+checkpoint (the header names it and its hash is checked). Truncated or foreign files
+give a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
+from icm.codec import CompressedImage, compress_image, decompress_image, load_codec, real_bpp  # noqa: E402
+from icm.config import parse_args_with_config  # noqa: E402
+from icm.io import atomic_write_bytes, read_image_tensor, write_image  # noqa: E402
+
+MAGIC = b"ICMC"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct(">4sBH")  # magic, version, header length
+_LENGTH = struct.Struct(">I")
+
+
+class CodecFileError(ValueError):
+    """A bitstream file that is truncated, foreign, or of an unknown format version."""
+
+
+def file_sha256(path: str | Path, chars: int = 16) -> str:
+    """Hex SHA-256 prefix of a file (identifies the checkpoint a bitstream needs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:chars]
+
+
+def pack(compressed: CompressedImage, header: dict) -> bytes:
+    """Serialise one image's bitstream with ``header`` (codec description)."""
+    if compressed.num_images != 1:
+        raise ValueError("a codec file holds exactly one image")
+    header = {**header, "height": compressed.image_size[0], "width": compressed.image_size[1],
+              "pad": list(compressed.pad), "shape": list(compressed.shape),
+              "num_streams": len(compressed.strings)}
+    head = json.dumps(header, sort_keys=True).encode("utf-8")
+    parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)), head]
+    for stream in compressed.strings:
+        parts += [_LENGTH.pack(len(stream[0])), stream[0]]
+    return b"".join(parts)
+
+
+def unpack(data: bytes, source: str = "<bytes>") -> tuple[CompressedImage, dict]:
+    """Parse a codec file; :class:`CodecFileError` (one line, naming ``source``) when it is
+    truncated, foreign or of another format version."""
+    if len(data) < _PREFIX.size:
+        if MAGIC.startswith(data[:4]) and data:
+            raise CodecFileError(f"{source}: truncated codec file ({len(data)} bytes)")
+        raise CodecFileError(f"{source}: not an ICM codec file (no {MAGIC.decode()} magic)")
+    magic, version, head_len = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise CodecFileError(f"{source}: not an ICM codec file (no {MAGIC.decode()} magic)")
+    if version != FORMAT_VERSION:
+        raise CodecFileError(f"{source}: codec file format version {version}, this tool reads {FORMAT_VERSION}")
+    offset = _PREFIX.size + head_len
+    if len(data) < offset:
+        raise CodecFileError(f"{source}: truncated codec file (header cut at {len(data)} bytes)")
+    try:
+        header = json.loads(data[_PREFIX.size : offset].decode("utf-8"))
+        num_streams = int(header["num_streams"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CodecFileError(f"{source}: corrupt codec file header ({e})") from None
+    strings = []
+    for i in range(num_streams):
+        if len(data) < offset + _LENGTH.size:
+            raise CodecFileError(f"{source}: truncated codec file (stream {i + 1} of {num_streams} missing)")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += _LENGTH.size
+        if len(data) < offset + length:
+            raise CodecFileError(
+                f"{source}: truncated codec file (stream {i + 1} needs {length} bytes, {len(data) - offset} left)"
+            )
+        strings.append([data[offset : offset + length]])
+        offset += length
+    if offset != len(data):
+        raise CodecFileError(f"{source}: {len(data) - offset} unexpected bytes after the last stream")
+    compressed = CompressedImage(strings=strings, shape=tuple(header["shape"]),
+                                 image_size=(int(header["height"]), int(header["width"])),
+                                 pad=tuple(header["pad"]))
+    return compressed, header
+
+
+def load_model(checkpoint: str | None, backbone: str | None, quality: int | None, metric: str,
+               device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The codec and the header fields that identify it."""
+    model, ckpt = load_codec(checkpoint, backbone=backbone, quality=quality, metric=metric, device=device)
+    arch = dict(ckpt.get("arch", {}))
+    header = {"arch": arch}
+    if checkpoint is None:
+        header["source"] = {"kind": "zoo"}
+    else:
+        header["source"] = {"kind": "checkpoint", "file": Path(checkpoint).name, "sha256": file_sha256(checkpoint)}
+    return model, header
+
+
+def compress_file(image: str | Path, output: str | Path, checkpoint: str | None = None, backbone: str | None = None,
+                  quality: int | None = None, metric: str = "mse", device: str = "cpu") -> dict:
+    """Encode ``image`` into ``output``; returns {bytes, bpp, height, width}."""
+    dev = resolve_device(device)
+    if checkpoint is None and (backbone is None or quality is None):
+        raise ValueError("pass --checkpoint CK, or --backbone NAME and --quality Q for a zoo codec")
+    model, header = load_model(checkpoint, backbone, quality, metric, dev)
+    x = read_image_tensor(image).unsqueeze(0).to(dev)
+    compressed = compress_image(model, x)
+    data = pack(compressed, header)
+    atomic_write_bytes(output, data)
+    return {"bytes": len(data), "payload_bytes": compressed.num_bytes, "bpp": real_bpp(compressed),
+            "file_bpp": len(data) * 8.0 / (x.shape[-2] * x.shape[-1]),
+            "height": int(x.shape[-2]), "width": int(x.shape[-1])}
+
+
+def decompress_file(bitstream: str | Path, output: str | Path, checkpoint: str | None = None,
+                    device: str = "cpu") -> torch.Tensor:
+    """Decode ``bitstream`` into the image file ``output`` (format from its suffix)."""
+    bitstream = Path(bitstream)
+    if not bitstream.is_file():
+        raise FileNotFoundError(f"{bitstream}: file not found")
+    compressed, header = unpack(bitstream.read_bytes(), str(bitstream))
+    arch, source = header.get("arch", {}), header.get("source", {})
+    dev = resolve_device(device)
+    if source.get("kind") == "checkpoint":
+        if checkpoint is None:
+            raise ValueError(f"{bitstream}: encoded with checkpoint {source.get('file')}; pass --checkpoint PATH to it")
+        if file_sha256(checkpoint) != source.get("sha256"):
+            raise ValueError(f"{bitstream}: encoded with checkpoint {source.get('file')} "
+                             f"(sha256 {source.get('sha256')}), but {checkpoint} differs")
+        model, _ = load_codec(checkpoint, device=dev)
+    else:
+        model, _ = load_codec(None, backbone=arch.get("backbone"), quality=arch.get("quality"),
+                              metric=arch.get("metric", "mse"), device=dev)
+    x_hat = decompress_image(model, compressed)
+    write_image(output, x_hat[0].cpu())
+    return x_hat
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m Evaluation.codec",
+                                description="Encode an image into a bitstream file, or decode one.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file of defaults (section codec); flags win")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compress", help="image -> .bin", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("image", help="input image")
+    c.add_argument("-o", "--output", required=True, help="output bitstream file")
+    c.add_argument("--checkpoint", default=None, help="codec checkpoint (else a zoo codec: --backbone, --quality)")
+    c.add_argument("--backbone", default=None, help="CompressAI zoo model, e.g. bmshj2018-hyperprior")
+    c.add_argument("--quality", type=int, default=None, help="zoo quality 1..8")
+    c.add_argument("--metric", choices=["mse", "ms-ssim"], default="mse", help="zoo training metric")
+    d = sub.add_parser("decompress", help=".bin -> image", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("bitstream", help="input bitstream file")
+    d.add_argument("-o", "--output", required=True, help="output image (PNG keeps it lossless)")
+    d.add_argument("--checkpoint", default=None, help="the checkpoint the file was encoded with (if not zoo)")
+    return p
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args_with_config(build_parser(), argv, "codec")
+    if args.command == "compress":
+        info = compress_file(args.image, args.output, args.checkpoint, args.backbone, args.quality,
+                             args.metric, args.device)
+        print(f"{args.output}: {info['bytes']} bytes ({info['payload_bytes']} payload), "
+              f"{info['bpp']:.4f} bpp payload, {info['file_bpp']:.4f} bpp with header, "
+              f"{info['width']}x{info['height']}")
+    else:
+        decompress_file(args.bitstream, args.output, args.checkpoint, args.device)
+        print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

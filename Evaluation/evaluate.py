@@ -1,0 +1,199 @@
+"""Evaluate codecs: real-bitstream bpp, PSNR, MS-SSIM, coding time and the detection mAP of
+seen and unseen detectors on the decoded images.
+
+    python Evaluation/evaluate.py --config configs/toy.yaml                  # what the config lists
+    cd Evaluation && python evaluate.py --dataset voc --split test \\
+        --codecs none jpeg webp bmshj2018-hyperprior=1,2,3,4 maa=../runs/q3.pth.tar \\
+        --detectors yolov3 faster_rcnn centernet retinanet \\
+        --seen_detectors yolov3 faster_rcnn centernet --unseen_detectors retinanet --out results
+    icm-evaluate --dataset ~/kodak --codecs jpeg bmshj2018-hyperprior --out results/kodak
+
+``--codecs`` entries: ``none`` (uncompressed upper bound), ``jpeg[=Q,...]``,
+``webp[=Q,...]`` (Pillow, default ``--pillow_qualities``), a CompressAI zoo model
+``NAME[=Q,...]`` (the anchor, default ``--qualities``), a stage-two checkpoint ``PATH`` or
+``LABEL=PATH[,PATH...]`` (several checkpoints of one method make one curve).
+
+Config (``--config FILE``, section ``evaluation:``): every flag below by its name, e.g.::
+
+    evaluation:
+      dataset: toy
+      split: val
+      codecs: [none, "jpeg=10,30,50,70,90", "base=assets/toy/codec_q3.pth.tar"]
+      detectors: [toy_yolov3, toy_faster_rcnn, toy_centernet, toy_retinanet]
+      seen_detectors: [toy_yolov3, toy_faster_rcnn, toy_centernet]
+      unseen_detectors: [toy_retinanet]
+      weights: [toy_yolov3=assets/toy/yolov3.pt]        # or a mapping NAME: PATH
+      out: runs/toy/eval
+
+Outputs in ``--out``: ``points/<codec>-q<Q>.json`` per (codec, quality) (a rerun skips
+finished ones), ``<codec>.json`` per codec (the curve, CompressAI's schema, which
+``python -m compressai.utils.plot -f OUT/*.json`` and ``Evaluation/make_tables.py`` read),
+``config.yaml`` and ``environment.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (``cd Evaluation && python evaluate.py``) without the package
+    # installed: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from icm.cli import exit_on_user_error, key_value, resolve_device  # noqa: E402
+from icm.config import CONFIG_DIR, parse_args_with_config, save_run_config  # noqa: E402
+from icm.io import read_json  # noqa: E402
+
+TOY_CONFIG = CONFIG_DIR / "toy.yaml"
+DEFAULT_ZOO_QUALITIES = [1, 2, 3, 4, 5, 6]
+DEFAULT_PILLOW_QUALITIES = [10, 20, 30, 50, 70, 90]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Rate (real bitstreams), PSNR, MS-SSIM and detection mAP of codecs; one JSON "
+        "per (codec, quality) and per codec in CompressAI's result schema.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="YAML file of defaults (section evaluation); flags win. "
+                   "--dataset toy without --config uses configs/toy.yaml")
+    p.add_argument("--dataset", default="toy", help="voc, coco, oid, toy, a dataset config, or a folder of "
+                   "images (no labels: rate and fidelity only)")
+    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's root")
+    p.add_argument("--split", default=None, help="dataset split; None: the config's 'val' split (VOC: 2007 test)")
+    p.add_argument("--codecs", nargs="+", default=["none"],
+                   help="none | jpeg[=Q,..] | webp[=Q,..] | ZOO_NAME[=Q,..] | CHECKPOINT | LABEL=CKPT[,CKPT..]")
+    p.add_argument("--qualities", nargs="+", type=int, default=DEFAULT_ZOO_QUALITIES,
+                   help="qualities (1..8) of zoo codecs given without =Q")
+    p.add_argument("--pillow_qualities", nargs="+", type=int, default=DEFAULT_PILLOW_QUALITIES,
+                   help="qualities (0..100) of jpeg/webp given without =Q")
+    p.add_argument("--metric", choices=["mse", "ms-ssim"], default="mse", help="zoo codecs' training metric")
+    p.add_argument("--backbone", default=None,
+                   help="architecture of checkpoints that do not record one (CompressAI training "
+                   "checkpoints, bare state dicts), e.g. bmshj2018-hyperprior")
+    p.add_argument("--detectors", nargs="*", default=None,
+                   help="detector names; None: the seen + unseen detectors")
+    p.add_argument("--seen_detectors", nargs="*", default=[], help="detectors of the model set (group 'seen')")
+    p.add_argument("--unseen_detectors", nargs="*", default=[], help="detectors outside it (group 'unseen')")
+    p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
+                   help="local weights for a detector (repeatable; PATH 'none' = random init, for smoke "
+                   "tests); others use their default weights")
+    p.add_argument("--mask_annotations", default=None,
+                   help="COCO instances JSON with segmentations, for mask AP of mask_rcnn")
+    p.add_argument("--per_class", action="store_true", help="also report AP per class")
+    p.add_argument("--estimate", action="store_true",
+                   help="rate of learned codecs from the likelihoods (labelled 'estimated bpp') "
+                   "instead of real bitstreams")
+    p.add_argument("--out", default="results", help="results folder")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch_size", type=int, default=8, help="decoded images per detector batch")
+    p.add_argument("--overwrite", action="store_true", help="re-evaluate finished (codec, quality) results")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar or per-point lines")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; ``--dataset toy`` without ``--config`` reads configs/toy.yaml."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config is None and str(pre.dataset).lower() == "toy" and TOY_CONFIG.is_file():
+        argv = ["--config", str(TOY_CONFIG), *argv]
+    args = parse_args_with_config(parser, argv, "evaluation")
+    args.seen_detectors = split_names(args.seen_detectors)
+    args.unseen_detectors = split_names(args.unseen_detectors)
+    if args.detectors is None:
+        args.detectors = list(dict.fromkeys(args.seen_detectors + args.unseen_detectors))
+    args.detectors = split_names(args.detectors)
+    args.weights = detector_weights(args.weights)
+    if args.batch_size < 1:
+        raise ValueError("--batch_size must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    return args
+
+
+def split_names(items) -> list[str]:
+    """Names from a list whose items may themselves be comma lists (``a,b c`` -> a, b, c)."""
+    if isinstance(items, str):
+        items = [items]
+    return [n.strip() for item in items or [] for n in str(item).split(",") if n.strip()]
+
+
+def detector_weights(items) -> dict[str, str]:
+    """``--weights`` as {name: path}; config files may give a list of NAME=PATH or a mapping."""
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    out = {}
+    for item in items or []:
+        if isinstance(item, dict):
+            out.update({str(k): str(v) for k, v in item.items()})
+            continue
+        name, path = key_value(item) if isinstance(item, str) else item
+        out[name] = path
+    return out
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from Evaluation.engine import load_evaluation_dataset, parse_codec_spec, run_evaluation
+
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    specs = [parse_codec_spec(c, args.qualities, args.pillow_qualities) for c in split_codecs(args.codecs)]
+    dataset = load_evaluation_dataset(str(args.dataset), args.split, args.data_root, args.limit)
+
+    detectors = {}
+    if args.detectors and not dataset.classes:
+        print(f"warning: {dataset.name} has no labels; detection skipped, rate and fidelity only", file=sys.stderr)
+    elif args.detectors:
+        from icm.detectors import build_detector
+
+        unused = set(args.weights) - set(args.detectors)
+        if unused:  # a config may hold the weights of every toy detector, evaluated or not
+            print(f"warning: --weights for {sorted(unused)} unused (not in --detectors)", file=sys.stderr)
+        for name in args.detectors:
+            weights = args.weights.get(name, "default")
+            weights = None if str(weights).lower() in ("none", "random") else weights
+            detectors[name] = build_detector(name, classes=dataset.classes, weights=weights, device=str(device))
+    mask_ground_truth = read_json(args.mask_annotations) if args.mask_annotations else None
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(out_dir, vars(args), str(device))
+    groups = {"seen": args.seen_detectors, "unseen": args.unseen_detectors}
+    settings = {
+        "dataset": dataset.name, "split": args.split, "data_root": args.data_root,
+        "num_images": len(dataset), "limit": args.limit, "detectors": args.detectors,
+        "detector_groups": groups, "weights": args.weights, "per_class": args.per_class,
+        "estimate": args.estimate, "mask_annotations": args.mask_annotations,
+    }
+    print(f"evaluating {len(specs)} codec(s) on {len(dataset)} images of {dataset.name}, "
+          f"detectors {args.detectors or 'none'}, device {device}", file=sys.stderr)
+    curves = run_evaluation(
+        specs, dataset, detectors, out_dir, settings, device=device, metric=args.metric,
+        estimate=args.estimate, batch_size=args.batch_size, per_class=args.per_class, groups=groups,
+        mask_ground_truth=mask_ground_truth, overwrite=args.overwrite, progress=not args.no_progress,
+        backbone=args.backbone,
+    )
+    for path in curves:
+        print(path)
+    return 0
+
+
+def split_codecs(items) -> list[str]:
+    """``--codecs`` entries (a config may give them as one string with spaces)."""
+    if isinstance(items, str):
+        items = [items]
+    return [part for item in items for part in str(item).split()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The evaluation loop: real bpp against CompressAI's own eval code, the uncompressed upper
+bound, detection on decoded images, result files and resume."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from Evaluation.engine import (
+    CodecSpec,
+    evaluate_codec,
+    group_means,
+    parse_codec_spec,
+    point_path,
+    run_evaluation,
+)
+from Evaluation.image_codecs import IdentityCodec, LearnedCodec, PillowCodec
+from Evaluation.metrics import PSNR_CAP_DB
+from icm.codec import build_codec
+from icm.data.records import DetectionDataset, DetectionSample
+from icm.detectors.base import Detector
+from icm.io import read_image_tensor, read_json
+
+
+def write_images(tmp_path, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        ramp = np.linspace(0, 200, w)[None, :, None] + np.linspace(0, 40, h)[:, None, None]
+        arr = np.clip(ramp + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(arr).save(paths[-1])
+    return paths
+
+
+def folder_dataset(paths, sizes):
+    samples = [DetectionSample(p.stem, p, w, h) for p, (h, w) in zip(paths, sizes)]
+    return DetectionDataset("folder", [], samples)
+
+
+def tiny_codec():
+    model = build_codec("bmshj2018-hyperprior", 1, pretrained=False, N=16, M=24)
+    model.update(force=True)
+    return model.eval()
+
+
+def test_real_bpp_psnr_msssim_equal_compressai_eval_model(tmp_path):
+    from compressai.utils.eval_model.__main__ import inference
+
+    threads = torch.get_num_threads()  # importing eval_model sets 1 thread
+    sizes = [(176, 200), (170, 161)]  # not multiples of 64: padding and cropping matter
+    paths = write_images(tmp_path, sizes)
+    model = tiny_codec()
+    torch.set_num_threads(threads)
+    ours = evaluate_codec(LearnedCodec(model, "tiny", 1), folder_dataset(paths, sizes), progress=False)["results"]
+    theirs = [inference(model, torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255)
+              for p in paths]
+    torch.set_num_threads(threads)
+    # the same payload byte counts: compressai's strings for the same model and images
+    assert ours["bpp"] == pytest.approx(np.mean([t["bpp"] for t in theirs]), rel=1e-12)
+    assert ours["psnr-rgb"] == pytest.approx(np.mean([t["psnr-rgb"] for t in theirs]), abs=1e-4)
+    assert ours["ms-ssim-rgb"] == pytest.approx(np.mean([t["ms-ssim-rgb"] for t in theirs]), abs=1e-5)
+    assert 0 < ours["bpp"] < 24 and ours["encoding_time"] > 0 and ours["decoding_time"] > 0
+
+
+def test_estimated_rate_is_close_to_the_real_one_and_labelled(tmp_path):
+    sizes = [(64, 64)]
+    paths = write_images(tmp_path, sizes)
+    model = tiny_codec()
+    real = evaluate_codec(LearnedCodec(model, "tiny", 1), folder_dataset(paths, sizes), progress=False)
+    est_codec = LearnedCodec(model, "tiny", 1, estimate=True)
+    est = evaluate_codec(est_codec, folder_dataset(paths, sizes), progress=False)
+    assert est_codec.rate_type == "estimated"
+    est_bytes, real_bytes = (r["results"]["bpp"] * 64 * 64 / 8 for r in (est, real))
+    # the range coder adds a few bytes per stream (2 streams) over the ideal code length
+    assert 0 < real_bytes - est_bytes < 16
+
+
+def test_none_is_the_uncompressed_upper_bound(tmp_path):
+    sizes = [(40, 56), (32, 32)]
+    paths = write_images(tmp_path, sizes)
+    r = evaluate_codec(IdentityCodec(), folder_dataset(paths, sizes), progress=False)
+    assert r["results"]["bpp"] == 24.0
+    assert r["results"]["psnr-rgb"] == PSNR_CAP_DB
+    assert r["results"]["ms-ssim-rgb"] is None  # 40 and 32 px: too small, said so
+    assert any("2 of 2 images too small" in n for n in r["notes"])
+
+
+def test_jpeg_bpp_is_the_file_size(tmp_path):
+    sizes = [(48, 80)]
+    paths = write_images(tmp_path, sizes)
+    codec = PillowCodec("jpeg", 50)
+    payload, num_bytes = codec.encode(read_image_tensor(paths[0])[None])
+    r = evaluate_codec(codec, folder_dataset(paths, sizes), progress=False)["results"]
+    assert r["bpp"] == pytest.approx(len(payload) * 8 / (48 * 80))
+    assert 15 < r["psnr-rgb"] < 50
+
+
+class SquareFinder(Detector):
+    """A tiny real detector: the bounding box of bright pixels, scored by their brightness."""
+
+    name = family = "square_finder"
+
+    def __init__(self, classes, threshold=0.6):
+        super().__init__(classes)
+        self.threshold = threshold
+
+    def predict_raw(self, images):
+        out = []
+        for img in images:
+            mask = img.mean(0) > self.threshold
+            if not mask.any():
+                out.append({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)})
+                continue
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            out.append({"boxes": box, "scores": img.mean(0)[mask].mean().reshape(1), "labels": torch.zeros(1, dtype=torch.long)})
+        return out
+
+
+def square_dataset(tmp_path, n=4, size=64):
+    rng = np.random.default_rng(1)
+    samples = []
+    for i in range(n):
+        arr = (rng.random((size, size, 3)) * 60).astype(np.uint8)
+        x0, y0 = int(rng.integers(4, 30)), int(rng.integers(4, 30))
+        arr[y0 : y0 + 24, x0 : x0 + 20] = 240
+        path = tmp_path / f"sq{i}.png"
+        Image.fromarray(arr).save(path)
+        samples.append(DetectionSample(str(i), path, size, size, [[x0, y0, x0 + 20, y0 + 24]], [0]))
+    return DetectionDataset("squares", ["square"], samples)
+
+
+def test_detection_keys_per_protocol_and_groups(tmp_path):
+    dataset = square_dataset(tmp_path)
+    detectors = {"finder": SquareFinder(["square"]), "blind": SquareFinder(["square"], threshold=2.0)}
+    r = evaluate_codec(IdentityCodec(), dataset, detectors, batch_size=3, per_class=True, progress=False,
+                       groups={"seen": ["finder"], "unseen": ["blind"]})
+    res = r["results"]
+    for protocol in ("map-coco", "ap50-coco", "ap75-coco", "map-voc07", "map-voc12"):
+        assert res[f"{protocol}:finder"] == pytest.approx(1.0)
+        assert res[f"{protocol}:blind"] == 0.0
+        assert res[f"{protocol}:seen-mean"] == pytest.approx(1.0)
+        assert res[f"{protocol}:all-mean"] == pytest.approx(0.5)
+    assert r["per_class"]["ap-voc12:finder"] == {"square": pytest.approx(1.0)}
+    low = evaluate_codec(PillowCodec("jpeg", 5), dataset, {"finder": detectors["finder"]}, progress=False)
+    assert low["results"]["bpp"] < 3 and low["results"]["map-coco:finder"] <= 1.0
+
+
+def test_group_means_skip_missing_values():
+    res = {"map-coco:a": 0.2, "map-coco:b": None, "map-coco:c": 0.6}
+    out = group_means(res, {"seen": ["a", "b"], "unseen": ["c"]}, ["a", "b", "c"])
+    assert out == {"map-coco:seen-mean": 0.2, "map-coco:unseen-mean": 0.6, "map-coco:all-mean": pytest.approx(0.4)}
+
+
+def test_parse_codec_spec():
+    assert parse_codec_spec("none", [1], [50]) == CodecSpec("none", "none")
+    assert parse_codec_spec("jpeg=10,30", [1], [50]) == CodecSpec("pillow", "jpeg", [10, 30])
+    assert parse_codec_spec("webp", [1], [50, 70]).qualities == [50, 70]
+    assert parse_codec_spec("bmshj2018-hyperprior=2,3", [1], [50]) == CodecSpec("zoo", "bmshj2018-hyperprior", [2, 3])
+    assert parse_codec_spec("bmshj2018", [1, 4], [50]).qualities == [1, 4]
+    spec = parse_codec_spec("maa=runs/a.pth.tar,runs/b.pth.tar", [1], [50])
+    assert spec.kind == "checkpoint" and spec.name == "maa" and len(spec.paths) == 2
+    assert parse_codec_spec("runs/q3.pth.tar", [1], [50]).name == "q3"
+    with pytest.raises(ValueError, match="not none, jpeg"):
+        parse_codec_spec("mystery", [1], [50])
+    with pytest.raises(ValueError, match="not an integer"):
+        parse_codec_spec("jpeg=high", [1], [50])
+
+
+def test_result_files_curve_and_resume(tmp_path):
+    sizes = [(40, 48)]
+    paths = write_images(tmp_path, sizes)
+    dataset = folder_dataset(paths, sizes)
+    specs = [CodecSpec("pillow", "jpeg", [30, 80]), CodecSpec("none", "none")]
+    out = tmp_path / "out"
+    curves = run_evaluation(specs, dataset, {}, out, {"dataset": "folder"}, progress=False)
+    assert [c.name for c in curves] == ["jpeg.json", "none.json"]
+    curve = read_json(out / "jpeg.json")
+    assert curve["name"] == "jpeg" and curve["qualities"] == [30, 80]
+    assert len(curve["results"]["bpp"]) == 2 and curve["results"]["bpp"][0] < curve["results"]["bpp"][1]
+    point = out / "points" / "jpeg-q30.json"
+    assert read_json(point)["results"]["bpp"] == curve["results"]["bpp"][:1]
+    assert point_path(out, PillowCodec("jpeg", 30)) == point
+    stamp = point.stat().st_mtime_ns
+    run_evaluation(specs, dataset, {}, out, {"dataset": "folder"}, progress=False)
+    assert point.stat().st_mtime_ns == stamp  # finished: skipped
+    with pytest.warns(UserWarning, match="other settings"):
+        run_evaluation(specs[:1], dataset, {}, out, {"dataset": "other"}, progress=False)
+    assert point.stat().st_mtime_ns != stamp
+
+
+class MaskedSquareFinder(SquareFinder):
+    """SquareFinder that also predicts the instance mask (the box filled)."""
+
+    def predict_raw(self, images):
+        out = super().predict_raw(images)
+        for pred, img in zip(out, images):
+            masks = torch.zeros(len(pred["boxes"]), 1, *img.shape[-2:])
+            for k, (x1, y1, x2, y2) in enumerate(pred["boxes"].long().tolist()):
+                masks[k, 0, y1:y2, x1:x2] = 1.0
+            pred["masks"] = masks
+        return out
+
+
+def test_mask_ap_with_ground_truth_masks_and_note_without(tmp_path):
+    from Evaluation.coco_eval import masks_to_rle
+
+    dataset = square_dataset(tmp_path, n=2)
+    annotations = []
+    for i, s in enumerate(dataset.samples):
+        x1, y1, x2, y2 = s.boxes[0].astype(int)
+        m = np.zeros((1, s.height, s.width), np.uint8)
+        m[0, y1:y2, x1:x2] = 1
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "area": float(m.sum()),
+                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "segmentation": masks_to_rle(m)[0]})
+    mask_gt = {"images": [{"id": i + 1, "width": 64, "height": 64} for i in range(2)],
+               "categories": [{"id": 1, "name": "square"}], "annotations": annotations}
+    det = {"masker": MaskedSquareFinder(["square"])}
+    with_gt = evaluate_codec(IdentityCodec(), dataset, det, mask_ground_truth=mask_gt, progress=False)
+    assert with_gt["results"]["mask-map-coco:masker"] == pytest.approx(1.0)
+    without = evaluate_codec(IdentityCodec(), dataset, det, progress=False)
+    assert "mask-map-coco:masker" not in without["results"]
+    assert any(n.startswith("mask-map-coco:masker: skipped") for n in without["notes"])
+
+
+def test_zoo_codec_curve_is_named_and_kind_zoo(tmp_path, monkeypatch):
+    import Evaluation.image_codecs as image_codecs
+    from Evaluation.make_tables import default_anchor, load_curves
+
+    built = []
+
+    def fake_load_codec(path, backbone=None, quality=None, metric="mse", device="cpu", pretrained=True):
+        assert path is None and pretrained  # the zoo path: pretrained weights of (backbone, quality)
+        built.append((backbone, quality, metric))
+        return tiny_codec(), {"arch": {"backbone": backbone, "quality": quality, "metric": metric}}
+
+    monkeypatch.setattr(image_codecs, "load_codec", fake_load_codec)
+    sizes = [(32, 48)]
+    dataset = folder_dataset(write_images(tmp_path, sizes), sizes)
+    specs = [parse_codec_spec("bmshj2018=1,2", [3], [50]), parse_codec_spec("jpeg=50", [3], [50])]
+    curves = run_evaluation(specs, dataset, {}, tmp_path / "out", {}, progress=False)
+    assert built == [("bmshj2018-hyperprior", 1, "mse"), ("bmshj2018-hyperprior", 2, "mse")]
+    zoo = read_json(curves[0])
+    assert curves[0].name == "bmshj2018-hyperprior-mse.json" and zoo["codec"]["kind"] == "zoo"
+    assert zoo["qualities"] == [1, 2]
+    assert default_anchor(load_curves(curves[::-1])) == "bmshj2018-hyperprior-mse"
