@@ -14,6 +14,7 @@ level. Flags given on the command line win over both::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -156,10 +157,12 @@ def environment_info(device: str | None = None) -> dict[str, Any]:
         "git_commit": git_commit(),
         "argv": sys.argv,
     }
-    for pkg in ("torchvision", "compressai", "ultralytics"):
+    # Read installed versions from metadata, never by importing: importing ultralytics
+    # calls dist.barrier() once a process group exists, which deadlocks rank-0-only writes.
+    for pkg in ("torchvision", "compressai", "ultralytics", "pycocotools", "pytorch_msssim"):
         try:
-            info[pkg] = __import__(pkg).__version__
-        except Exception:  # noqa: BLE001 - optional packages, any import failure is "absent"
+            info[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             info[pkg] = None
     return info
 

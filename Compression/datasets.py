@@ -1,0 +1,180 @@
+"""(original, augmented) image pairs for stage two.
+
+A stage-one output folder holds ``images/<id>.png`` and ``manifest.jsonl``, one JSON
+line per image with at least ``id``, ``source`` (the original image, absolute or relative
+to the folder) and ``output`` (the augmented image, relative to the folder). Any other
+image folder gives ``(x, x)`` pairs, so the same trainer fine-tunes or trains a codec on
+plain images.
+
+Training patches: one random crop and one horizontal flip, applied identically to both
+halves of a pair; images smaller than the patch are zero-padded (as CompressAI's eval
+pads). Validation patches: the centre crop. The crop and flip of sample ``i`` in epoch
+``e`` come from a generator seeded with ``(seed, e, i)``, so they do not depend on worker
+processes or on where training was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DistributedSampler
+
+from icm.io import list_images, read_image_tensor, read_jsonl
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One training sample: the codec encodes ``original`` and is scored against ``augmented``."""
+
+    id: str
+    original: Path
+    augmented: Path
+
+
+def _resolve_source(root: Path, source: str) -> Path:
+    """A manifest ``source``: absolute, relative to the folder, or relative to the cwd."""
+    path = Path(source)
+    if path.is_absolute() or not (root / path).exists():
+        return path
+    return root / path
+
+
+def read_manifest_pairs(root: str | os.PathLike) -> list[ImagePair]:
+    """Pairs listed in ``root/manifest.jsonl``; entries whose files are missing are skipped
+    (one warning with the count), the last entry of a repeated id wins."""
+    root = Path(root)
+    manifest = root / MANIFEST_NAME
+    by_id: dict[str, ImagePair] = {}
+    for line_no, record in enumerate(read_jsonl(manifest), 1):
+        missing_keys = [k for k in ("id", "source", "output") if k not in record]
+        if missing_keys:
+            raise ValueError(f"{manifest}:{line_no}: record lacks {', '.join(missing_keys)}")
+        key = str(record["id"])
+        by_id[key] = ImagePair(key, _resolve_source(root, str(record["source"])), root / record["output"])
+    pairs, missing = [], []
+    for pair in by_id.values():
+        if pair.original.is_file() and pair.augmented.is_file():
+            pairs.append(pair)
+        else:
+            missing.append(pair)
+    if missing:
+        first = missing[0]
+        absent = first.original if not first.original.is_file() else first.augmented
+        warnings.warn(
+            f"{manifest}: skipped {len(missing)} of {len(by_id)} entries with missing files "
+            f"(first: {absent})",
+            stacklevel=2,
+        )
+    return pairs
+
+
+def read_pairs(root: str | os.PathLike) -> list[ImagePair]:
+    """Pairs of a stage-one folder (through its manifest) or ``(x, x)`` pairs of an image folder."""
+    root = Path(root)
+    if (root / MANIFEST_NAME).is_file():
+        pairs = read_manifest_pairs(root)
+    else:
+        pairs = [ImagePair(p.relative_to(root).with_suffix("").as_posix(), p, p) for p in list_images(root)]
+    if not pairs:
+        raise ValueError(f"{root}: no usable images (need {MANIFEST_NAME} or image files)")
+    return pairs
+
+
+def split_pairs(
+    pairs: list[ImagePair], val_fraction: float, seed: int = 0
+) -> tuple[list[ImagePair], list[ImagePair]]:
+    """A seeded random split into (train, validation); validation gets at least one pair
+    when ``val_fraction > 0`` and there are two or more pairs."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    num_val = math.ceil(len(pairs) * val_fraction) if len(pairs) > 1 else 0
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    val = sorted(order[:num_val])
+    train = sorted(order[num_val:])
+    return [pairs[i] for i in train], [pairs[i] for i in val]
+
+
+def pad_to_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad ``x [C,H,W]`` on the bottom/right up to at least ``height x width``."""
+    pad_h, pad_w = max(0, height - x.shape[-2]), max(0, width - x.shape[-1])
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h))
+
+
+class PairedImageDataset(Dataset):
+    """``(x, x_aug)`` float tensors ``[3, P, P]`` in [0, 1], cropped and flipped together."""
+
+    def __init__(self, pairs: list[ImagePair], patch_size: int, train: bool = True, seed: int = 0) -> None:
+        self.pairs = list(pairs)
+        self.patch_size = int(patch_size)
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose crops and flips ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full-size (original, augmented) tensors of pair ``index``."""
+        pair = self.pairs[index]
+        x = read_image_tensor(pair.original)
+        if pair.augmented == pair.original:
+            return x, x
+        x_aug = read_image_tensor(pair.augmented)
+        if x_aug.shape != x.shape:
+            raise ValueError(
+                f"{pair.augmented}: size {tuple(x_aug.shape[1:])} differs from its original "
+                f"{pair.original} {tuple(x.shape[1:])}"
+            )
+        return x, x_aug
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, x_aug = self.load(index)
+        both = torch.cat([x, x_aug]) if x_aug is not x else x
+        size = self.patch_size
+        both = pad_to_size(both, size, size)
+        height, width = both.shape[-2:]
+        if self.train:
+            seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63)
+            generator = torch.Generator().manual_seed(seed)
+            top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+            flip = bool(torch.rand((), generator=generator) < 0.5)
+        else:
+            top, left, flip = (height - size) // 2, (width - size) // 2, False
+        both = both[:, top : top + size, left : left + size]
+        if flip:
+            both = both.flip(-1)
+        both = both.contiguous()
+        if both.shape[0] == 3:
+            return both, both
+        return both[:3], both[3:]
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` (seeded shuffle per epoch, one shard per rank) that can
+    start part-way through an epoch, so ``--resume`` sees the same data order as an
+    uninterrupted run. Works without a process group when ``num_replicas``/``rank`` are given."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.start_index = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start_index :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index

@@ -1,0 +1,380 @@
+"""Stage two: fine-tune a CompressAI codec on stage one's pseudo ground truth.
+
+    cd Compression && python train_compression.py --backbone bmshj2018 --quality 3 --lr 1e-4 --dataset ./augmented_data
+    python Compression/train_compression.py ...          # from the repository root
+    train-compression ...                                # installed console script
+    torchrun --nproc_per_node 4 Compression/train_compression.py ...   # DistributedDataParallel
+
+The codec encodes the original image and is trained towards
+``(1 - beta) * original + beta * augmented`` (see ``Compression/losses.py``). It starts from
+the CompressAI zoo weights for ``--backbone``/``--quality`` (default), from a local codec
+(``--checkpoint``: a fine-tune, fresh optimisers and counters) or from scratch
+(``--no-pretrained``, ``--N``/``--M`` for small codecs). ``--resume`` continues a run
+exactly: model, both optimisers, scheduler, epoch, step, data order and RNG states.
+Outputs in ``--save_dir``: ``last.pth.tar``, ``best.pth.tar`` (lowest validation loss),
+``log.jsonl``, ``tensorboard/``, ``config.yaml``, ``environment.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script from a checkout: import this folder as the package `Compression` from
+    # the repository root, never its modules as top-level `datasets`, `losses`, ...
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from Compression.datasets import (  # noqa: E402
+    PairedImageDataset,
+    ResumableDistributedSampler,
+    read_pairs,
+    split_pairs,
+)
+from Compression.engine import (  # noqa: E402
+    DistributedContext,
+    capture_rng_state,
+    configure_optimizers,
+    evaluate,
+    gather_objects,
+    init_distributed,
+    replica_max_difference,
+    restore_rng_state,
+    seed_everything,
+    train_step,
+    wrap_distributed,
+)
+from Compression.losses import PseudoTargetLoss  # noqa: E402
+from icm.cli import exit_on_user_error, key_value, resolve_device  # noqa: E402
+from icm.codec import (  # noqa: E402
+    QUALITY_LAMBDAS,
+    build_codec,
+    lambda_for,
+    load_codec,
+    resolve_backbone,
+    save_codec_checkpoint,
+)
+from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain  # noqa: E402
+from icm.io import append_jsonl  # noqa: E402
+
+MS_SSIM_MIN_PATCH = 161  # pytorch_msssim's 5-scale MS-SSIM needs more than 160 px
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags (every one also settable in ``--config`` under ``compression:``)."""
+    p = argparse.ArgumentParser(
+        prog="train-compression",
+        description="Fine-tune a CompressAI codec with Meta-AAFG images as pseudo ground truth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file with defaults for these flags")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", required=True,
+                      help="stage-one output folder (manifest.jsonl + images/) or a plain image folder")
+    data.add_argument("--val_dataset", help="separate validation folder (overrides --val_fraction)")
+    data.add_argument("--val_fraction", type=float, default=0.05,
+                      help="share of --dataset held out for validation")
+    data.add_argument("--patch_size", type=int, default=256, help="square training crop (pads smaller images)")
+    data.add_argument("--batch_size", type=int, default=16, help="batch size per process")
+    data.add_argument("--val_batch_size", type=int, default=None, help="validation batch size (None: --batch_size)")
+    data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--backbone", default="bmshj2018",
+                       help="CompressAI zoo name or alias (bmshj2018 = bmshj2018-hyperprior)")
+    model.add_argument("--quality", type=int, default=3, help="zoo quality 1..8: weights and default lambda")
+    model.add_argument("--metric", choices=sorted(QUALITY_LAMBDAS), default="mse", help="distortion term")
+    model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                       help="start from the zoo weights (None: yes, unless --checkpoint/--resume/--N/--M)")
+    model.add_argument("--checkpoint", help="start from this codec checkpoint (fine-tune, not a resume)")
+    model.add_argument("--resume", help="continue the run saved in this checkpoint exactly")
+    model.add_argument("--N", type=int, default=None, help="channels N of a from-scratch codec")
+    model.add_argument("--M", type=int, default=None, help="latent channels M of a from-scratch codec")
+    model.add_argument("--arch_kwargs", type=key_value, nargs="*", default=[], metavar="NAME=INT",
+                       help="other integer constructor arguments of a from-scratch codec")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--lambda", dest="lmbda", type=float, default=None,
+                       help="rate-distortion weight (None: CompressAI's value for --quality/--metric)")
+    train.add_argument("--beta", type=float, default=1.0,
+                       help="target = (1-beta)*original + beta*augmented; 0 is the plain fine-tuning control")
+    train.add_argument("--lr", type=float, default=1e-4, help="learning rate of the codec")
+    train.add_argument("--aux_lr", type=float, default=1e-3, help="learning rate of the quantiles (aux loss)")
+    train.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    train.add_argument("--scheduler", choices=("plateau", "none"), default="plateau",
+                       help="ReduceLROnPlateau on the validation loss once per epoch, as CompressAI")
+    train.add_argument("--epochs", type=int, default=100, help="epochs to train")
+    train.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
+    train.add_argument("--seed", type=int, default=0, help="seed of weights, crops, data order and noise")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--save_dir", default=None,
+                     help="output folder (None: Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
+    out.add_argument("--log_every", type=int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
+    out.add_argument("--save_every", type=int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
+    out.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                     help="write TensorBoard events to <save_dir>/tensorboard")
+    return p
+
+
+def resolve_dataset_path(path: str) -> Path:
+    """``path`` as given, or (for the seed commands, run from inside a stage folder) relative
+    to the repository root or to ``MetaAAFG/`` where stage one writes by default."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        if not given.exists():
+            raise FileNotFoundError(f"{given}: dataset folder not found")
+        return given
+    candidates = [REPO_ROOT / given, REPO_ROOT / "MetaAAFG" / given]
+    for candidate in candidates:
+        if candidate.exists():
+            print(f"dataset {path}: using {candidate}", file=sys.stderr)
+            return candidate
+    tried = ", ".join(str(c) for c in [given.resolve(), *candidates])
+    raise FileNotFoundError(f"{path}: dataset folder not found (tried {tried})")
+
+
+def default_save_dir(args: argparse.Namespace) -> Path:
+    name = f"{resolve_backbone(args.backbone)}-q{args.quality}-{args.metric}-beta{args.beta:g}"
+    return REPO_ROOT / "Compression" / "checkpoints" / name
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject flag combinations that cannot work, with one line each."""
+    resolve_backbone(args.backbone)
+    lambda_for(args.quality, args.metric)  # validates quality and metric
+    if args.metric == "ms-ssim" and args.patch_size < MS_SSIM_MIN_PATCH:
+        raise ValueError(f"--metric ms-ssim needs --patch_size >= {MS_SSIM_MIN_PATCH} (5-scale MS-SSIM)")
+    if args.checkpoint and args.resume:
+        raise ValueError("--checkpoint starts a new fine-tune, --resume continues a run: give one")
+    if args.pretrained and (args.checkpoint or args.resume):
+        raise ValueError("--pretrained conflicts with --checkpoint/--resume (they bring their own weights)")
+    if args.pretrained and (args.N or args.M or args.arch_kwargs):
+        raise ValueError("--pretrained zoo weights exist only for the zoo sizes: drop --N/--M/--arch_kwargs")
+    for flag in ("patch_size", "batch_size", "epochs", "log_every"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1")
+
+
+def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict | None]:
+    """The codec to train, its ``arch`` record, and the checkpoint dict when resuming."""
+    if args.resume:
+        model, checkpoint = load_codec(args.resume, backbone=args.backbone, quality=args.quality)
+        return model, dict(checkpoint["arch"]), checkpoint
+    if args.checkpoint:
+        model, checkpoint = load_codec(args.checkpoint, backbone=args.backbone, quality=args.quality)
+        backbone = checkpoint["arch"]["backbone"]
+    else:
+        pretrained = args.pretrained if args.pretrained is not None else not (args.N or args.M or args.arch_kwargs)
+        sizes = {"N": args.N, "M": args.M, **{k: int(v) for k, v in args.arch_kwargs}}
+        sizes = {k: v for k, v in sizes.items() if v is not None}
+        model = build_codec(args.backbone, args.quality, metric=args.metric, pretrained=pretrained, **sizes)
+        backbone = resolve_backbone(args.backbone)
+    return model, {"backbone": backbone, "quality": args.quality, "metric": args.metric}, None
+
+
+def load_pairs(args: argparse.Namespace) -> tuple[list, list]:
+    """(train, validation) pairs from --dataset and --val_dataset or --val_fraction."""
+    pairs = read_pairs(resolve_dataset_path(args.dataset))
+    if args.val_dataset:
+        return pairs, read_pairs(resolve_dataset_path(args.val_dataset))
+    return split_pairs(pairs, args.val_fraction, seed=args.seed)
+
+
+def make_loaders(args: argparse.Namespace, train_pairs: list, val_pairs: list,
+                 context: DistributedContext, device: torch.device):
+    """Train and validation loaders (validation may be None) with the train sampler."""
+    train_set = PairedImageDataset(train_pairs, args.patch_size, train=True, seed=args.seed)
+    sampler = ResumableDistributedSampler(train_set, context.world_size, context.rank, shuffle=True, seed=args.seed)
+    common = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda",
+              # Own generator: creating loader iterators must not draw from the global RNG,
+              # or a resumed run would see different quantisation noise.
+              "generator": torch.Generator()}
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **common)
+    val_loader = None
+    if val_pairs:
+        val_set = PairedImageDataset(val_pairs, args.patch_size, train=False)
+        val_sampler = (ResumableDistributedSampler(val_set, context.world_size, context.rank, shuffle=False)
+                       if context.enabled else None)
+        val_loader = DataLoader(val_set, batch_size=args.val_batch_size or args.batch_size,
+                                sampler=val_sampler, **common)
+    return train_loader, val_loader, sampler
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run stage-two training as configured by ``args``; returns the final record."""
+    check_args(args)
+    device = resolve_device(args.device)
+    save_dir = Path(args.save_dir) if args.save_dir else default_save_dir(args)
+    lmbda = args.lmbda if args.lmbda is not None else lambda_for(args.quality, args.metric)
+    # Data and weights first, so a missing folder or zoo file leaves nothing written.
+    train_pairs, val_pairs = load_pairs(args)
+    seed_everything(args.seed)  # same initial weights on every rank
+    model, arch, resumed = build_model(args)
+    if int(os.environ.get("RANK", 0)) == 0:
+        # Before joining the process group: recording the environment imports ultralytics,
+        # whose import calls dist.barrier() once a group exists (a rank-0-only deadlock).
+        save_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(save_dir, {**vars(args), "lambda_resolved": lmbda, "save_dir": str(save_dir)}, str(device))
+    context = init_distributed(device)
+
+    model = model.to(device).train()
+    train_loader, val_loader, sampler = make_loaders(args, train_pairs, val_pairs, context, device)
+    ddp_model = wrap_distributed(model, context, device)
+    optimizer, aux_optimizer = configure_optimizers(model, args.lr, args.aux_lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min") if args.scheduler == "plateau" else None
+    criterion = PseudoTargetLoss(lmbda, metric=args.metric, beta=args.beta)
+    seed_everything(args.seed + context.rank)  # independent quantisation noise per rank
+
+    epoch, epoch_step, step, best_loss = 0, 0, 0, float("inf")
+    epoch_loss_sum, epoch_loss_count = 0.0, 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        aux_optimizer.load_state_dict(resumed["aux_optimizer"])
+        if scheduler is not None and resumed.get("lr_scheduler"):
+            scheduler.load_state_dict(resumed["lr_scheduler"])
+        epoch, epoch_step, step = resumed["epoch"], resumed["epoch_step"], resumed["step"]
+        best_loss = resumed.get("best_loss", best_loss)
+        epoch_loss_sum, epoch_loss_count = resumed.get("epoch_loss", (0.0, 0))
+        rng_states = resumed["rng"]
+        if len(rng_states) == context.world_size:
+            restore_rng_state(rng_states[context.rank])
+        else:
+            warnings.warn(f"{args.resume}: saved with {len(rng_states)} processes, resumed with "
+                          f"{context.world_size}: RNG streams restart from the seed", stacklevel=2)
+
+    writer = None
+    if context.is_main:
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(save_dir / "tensorboard", purge_step=step or None)
+        print(f"{arch['backbone']} q{args.quality} lambda={lmbda} beta={args.beta}: {len(train_pairs)} train / "
+              f"{len(val_pairs)} val pairs, {context.world_size} process(es) on {device}, saving to {save_dir}",
+              file=sys.stderr)
+
+    def log(record: dict) -> None:
+        if not context.is_main:
+            return
+        append_jsonl(save_dir / "log.jsonl", record)
+        if writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float) and key not in ("epoch", "step", "time"):
+                    writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+    def save(is_best: bool) -> None:
+        rng_states = gather_objects(capture_rng_state(), context)  # collective: every rank
+        if not context.is_main:
+            return
+        extra = {
+            "optimizer": optimizer.state_dict(),
+            "aux_optimizer": aux_optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": epoch, "epoch_step": epoch_step, "step": step, "best_loss": best_loss,
+            "epoch_loss": [epoch_loss_sum, epoch_loss_count],
+            "lambda": lmbda, "beta": args.beta, "world_size": context.world_size,
+            "rng": rng_states, "config": to_plain(vars(args)),
+        }
+        save_codec_checkpoint(save_dir / "last.pth.tar", model, arch, extra)
+        if is_best:
+            save_codec_checkpoint(save_dir / "best.pth.tar", model, arch, extra)
+
+    def validate_and_save(allow_scheduler: bool, finished_epoch: int, train_loss: float) -> dict:
+        """Validate, step the scheduler (epoch ends only), save last (and best)."""
+        nonlocal best_loss
+        metrics = evaluate(ddp_model, criterion, val_loader, device) if val_loader is not None else {}
+        val_loss = metrics.get("loss", train_loss)
+        if metrics:
+            log({"split": "val", "epoch": finished_epoch, "step": step, **metrics})
+        if allow_scheduler and scheduler is not None:
+            scheduler.step(val_loss)
+        is_best = val_loss < best_loss
+        best_loss = min(best_loss, val_loss)
+        save(is_best)
+        return metrics
+
+    steps_per_epoch = math.ceil(sampler.num_samples / args.batch_size)
+    stopped = False
+    val_metrics: dict = {}
+    start_time = time.perf_counter()
+    last_log = {"time": start_time, "data_wait": 0.0}
+    while epoch < args.epochs and not stopped:
+        if args.max_steps and step >= args.max_steps:
+            break
+        sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
+        sampler.start_index = epoch_step * args.batch_size
+        bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch}", disable=not context.is_main, leave=False)
+        wait_start = time.perf_counter()
+        for x, x_aug in train_loader:
+            last_log["data_wait"] += time.perf_counter() - wait_start
+            x, x_aug = x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True)
+            losses = train_step(ddp_model, criterion, x, x_aug, optimizer, aux_optimizer, args.clip_max_norm)
+            step += 1
+            epoch_step += 1
+            if val_loader is None:  # no validation set: the epoch's mean train loss stands in
+                epoch_loss_sum += losses["loss"].item()
+                epoch_loss_count += 1
+            bar.update(1)
+            if step % args.log_every == 0:
+                now = time.perf_counter()
+                record = {"split": "train", "epoch": epoch, "step": step,
+                          **{k: v.item() for k, v in losses.items()},
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "data_wait_fraction": last_log["data_wait"] / max(now - last_log["time"], 1e-9),
+                          "time": now - start_time}
+                last_log = {"time": now, "data_wait": 0.0}
+                log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", bpp=f"{record['bpp_loss']:.3f}",
+                                mse=f"{record['mse_loss']:.3g}")
+            if args.save_every and step % args.save_every == 0:
+                save(is_best=False)
+            if args.max_steps and step >= args.max_steps:
+                stopped = epoch_step < steps_per_epoch
+                break
+            wait_start = time.perf_counter()
+        bar.close()
+        if stopped:
+            break
+        # The checkpoint written now must say "start at the next epoch".
+        train_loss = epoch_loss_sum / max(epoch_loss_count, 1)
+        epoch, epoch_step = epoch + 1, 0
+        epoch_loss_sum, epoch_loss_count = 0.0, 0
+        val_metrics = validate_and_save(True, epoch - 1, train_loss)
+
+    if stopped:  # mid-epoch: the scheduler only ever steps at epoch ends
+        val_metrics = validate_and_save(False, epoch, epoch_loss_sum / max(epoch_loss_count, 1))
+    final = {"split": "final", "epoch": epoch, "step": step, "best_loss": best_loss,
+             "replica_max_difference": replica_max_difference(model, context),
+             "time": time.perf_counter() - start_time, **{f"val_{k}": v for k, v in val_metrics.items()}}
+    log(final)
+    if writer is not None:
+        writer.close()
+    return final
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``train_compression.py`` and the ``train-compression`` console script."""
+    args = parse_args_with_config(build_parser(), argv, "compression")
+    try:
+        train(args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

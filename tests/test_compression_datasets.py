@@ -1,0 +1,189 @@
+"""Tests for Compression.datasets: stage-one pairs, plain folders, paired crops, splits."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from Compression.datasets import (
+    PairedImageDataset,
+    ResumableDistributedSampler,
+    read_pairs,
+    split_pairs,
+)
+from icm.io import read_image_tensor, write_image
+
+
+def toy_image(index: int, height: int = 80, width: int = 72) -> torch.Tensor:
+    """A smooth colour gradient with mild noise (8-bit exact after rounding)."""
+    generator = torch.Generator().manual_seed(index)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    phase = index / 7
+    x = torch.stack([yy, xx, (yy + xx + phase) % 1]) * 0.6 + 0.2 * torch.rand(3, height, width, generator=generator)
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def colour_shift(x: torch.Tensor) -> torch.Tensor:
+    """The toy 'augmentation': red up, blue down (learnable by a codec's decoder)."""
+    shift = torch.tensor([0.15, 0.0, -0.15]).view(3, 1, 1)
+    return ((x + shift).clamp(0, 1) * 255).round() / 255
+
+
+def write_toy_stage_one(root: Path, count: int = 8, size: tuple[int, int] = (80, 72),
+                        augment=colour_shift, relative_sources: bool = False) -> Path:
+    """A stage-one output folder: originals in root/originals, images/<id>.png + manifest."""
+    out = root / "augmented_data"
+    (out / "images").mkdir(parents=True)
+    originals = root / "originals"
+    originals.mkdir()
+    lines = []
+    for i in range(count):
+        x = toy_image(i, *size)
+        write_image(originals / f"img{i}.png", x)
+        write_image(out / "images" / f"img{i}.png", augment(x))
+        source = f"../originals/img{i}.png" if relative_sources else str(originals / f"img{i}.png")
+        lines.append({"id": f"img{i}", "source": source, "output": f"images/img{i}.png", "linf": 0.15})
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return out
+
+
+def test_manifest_pairs_resolve_absolute_and_folder_relative_sources(tmp_path):
+    for relative in (False, True):
+        root = write_toy_stage_one(tmp_path / str(relative), count=3, relative_sources=relative)
+        pairs = read_pairs(root)
+        assert [p.id for p in pairs] == ["img0", "img1", "img2"]
+        x, x_aug = PairedImageDataset(pairs, 64, train=False).load(1)
+        assert torch.equal(x, toy_image(1))
+        assert torch.equal(x_aug, colour_shift(toy_image(1)))
+
+
+def test_manifest_skips_missing_files_with_one_warning_and_keeps_last_duplicate(tmp_path):
+    root = write_toy_stage_one(tmp_path, count=4)
+    (root / "images" / "img2.png").unlink()
+    with (root / "manifest.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "img0", "source": str(tmp_path / "originals/img3.png"),
+                            "output": "images/img3.png"}) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 4 entries .*img2.png"):
+        pairs = read_pairs(root)
+    assert [p.id for p in pairs] == ["img0", "img1", "img3"]
+    assert pairs[0].original.name == "img3.png"  # the later line for img0 wins
+
+
+def test_manifest_record_without_source_is_an_error_naming_the_line(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "manifest.jsonl").write_text('{"id": "a", "output": "images/a.png"}\n')
+    with pytest.raises(ValueError, match=r"manifest.jsonl:1: record lacks source"):
+        read_pairs(root)
+
+
+def test_plain_folder_gives_identity_pairs_and_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "plain" / "sub").mkdir(parents=True)
+    write_image(tmp_path / "plain" / "a.png", toy_image(0, 40, 48))
+    write_image(tmp_path / "plain" / "sub" / "b.png", toy_image(1, 40, 48))
+    pairs = read_pairs(tmp_path / "plain")
+    assert [p.id for p in pairs] == ["a", "sub/b"]
+    x, x_aug = PairedImageDataset(pairs, 32, train=True)[1]
+    assert torch.equal(x, x_aug) and x.shape == (3, 32, 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no usable images"):
+        read_pairs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        read_pairs(tmp_path / "missing")
+
+
+def test_training_crop_and_flip_are_identical_on_both_halves(tmp_path):
+    # The augmentation is a horizontal ramp: any crop offset or flip that differs between
+    # the halves would change x_aug - x.
+    ramp = torch.linspace(0, 0.2, 72).view(1, 1, 72)
+
+    def add_ramp(x):
+        return ((x * 0.7 + ramp) * 255).round() / 255
+
+    pairs = read_pairs(write_toy_stage_one(tmp_path, count=2, augment=add_ramp))
+    dataset = PairedImageDataset(pairs, 32, train=True, seed=5)
+    full_x, full_aug = dataset.load(0)
+    flips = set()
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        x, x_aug = dataset[0]
+        assert x.shape == x_aug.shape == (3, 32, 32)
+        # Find the crop in the full original, check the augmented crop is the same window.
+        found = False
+        for flip in (False, True):
+            candidate_x = x.flip(-1) if flip else x
+            candidate_aug = x_aug.flip(-1) if flip else x_aug
+            for top in range(80 - 31):
+                for left in range(72 - 31):
+                    if torch.equal(full_x[:, top:top + 32, left:left + 32], candidate_x):
+                        assert torch.equal(full_aug[:, top:top + 32, left:left + 32], candidate_aug)
+                        found = True
+                        flips.add(flip)
+                        break
+                if found:
+                    break
+            if found:
+                break
+        assert found, f"epoch {epoch}: crop not found in the original"
+    assert flips == {False, True}
+
+
+def test_crop_determinism_and_padding(tmp_path):
+    pairs = read_pairs(write_toy_stage_one(tmp_path, count=2, size=(40, 24)))
+    a = PairedImageDataset(pairs, 64, train=True, seed=1)
+    b = PairedImageDataset(pairs, 64, train=True, seed=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+    x, x_aug = a[0]
+    assert x.shape == (3, 64, 64)
+    # 40x24 padded with zeros to 64x64: the padded area is black in both halves.
+    assert x[:, 40:, :].abs().sum() == 0 and x_aug[:, 40:, :].abs().sum() == 0
+    assert x.sum() > 0
+
+    big = read_pairs(write_toy_stage_one(tmp_path / "big", count=1))
+    c = PairedImageDataset(big, 32, train=True, seed=1)
+    crops = []
+    for epoch in range(4):
+        c.set_epoch(epoch)
+        crops.append(c[0][0])
+    assert any(not torch.equal(crops[0], other) for other in crops[1:])
+
+
+def test_validation_uses_the_centre_crop(tmp_path):
+    pairs = read_pairs(write_toy_stage_one(tmp_path, count=1))
+    x, x_aug = PairedImageDataset(pairs, 32, train=False)[0]
+    full = read_image_tensor(pairs[0].original)
+    assert torch.equal(x, full[:, 24:56, 20:52])
+    assert torch.equal(x_aug, colour_shift(full)[:, 24:56, 20:52])
+
+
+def test_size_mismatch_between_halves_is_an_error(tmp_path):
+    root = write_toy_stage_one(tmp_path, count=1)
+    write_image(root / "images" / "img0.png", toy_image(0, 40, 40))
+    with pytest.raises(ValueError, match=r"img0.png: size \(40, 40\) differs from its original"):
+        PairedImageDataset(read_pairs(root), 32)[0]
+
+
+def test_split_is_seeded_disjoint_and_keeps_one_validation_pair(tmp_path):
+    pairs = read_pairs(write_toy_stage_one(tmp_path, count=5))
+    train, val = split_pairs(pairs, 0.05, seed=0)
+    assert len(val) == 1 and len(train) == 4
+    assert {p.id for p in train} | {p.id for p in val} == {p.id for p in pairs}
+    assert split_pairs(pairs, 0.05, seed=0) == (train, val)
+    assert split_pairs(pairs, 0.0) == (pairs, [])
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_pairs(pairs, 1.0)
+
+
+def test_resumable_sampler_continues_the_epoch_order():
+    data = list(range(10))
+    sampler = ResumableDistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert sorted(full) == data and full != data
+    sampler.start_index = 4
+    assert list(sampler) == full[4:] and len(sampler) == 6
+    shards = [list(ResumableDistributedSampler(data, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == data

@@ -1,0 +1,224 @@
+"""Tests for Compression/train_compression.py: the stage-two CLI end to end on toy pairs."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_compression_datasets import write_toy_stage_one
+
+from Compression import train_compression
+from icm import codec
+from icm.codec import compress_image, crop, decompress_image, load_codec, pad_to_multiple, real_bpp
+from icm.config import REPO_ROOT
+from icm.io import read_image_tensor, read_jsonl
+
+SCRIPT = REPO_ROOT / "Compression" / "train_compression.py"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two OpenMP threads on an oversubscribed 2-core machine run 20-40x slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    return write_toy_stage_one(tmp_path_factory.mktemp("toy"), count=8)
+
+
+def toy_args(data: Path, save_dir: Path, *extra: str) -> list[str]:
+    """8 pairs -> 6 train / 2 val, batch 2: 3 steps per epoch."""
+    return ["--dataset", str(data), "--backbone", "bmshj2018", "--N", "32", "--M", "48",
+            "--patch_size", "64", "--batch_size", "2", "--num_workers", "0", "--log_every", "1",
+            "--lr", "1e-3", "--val_fraction", "0.25", "--no-tensorboard", "--save_dir", str(save_dir), *extra]
+
+
+def records(save_dir: Path, split: str) -> dict[int, dict]:
+    """Log records of one split by step (later lines win, as after a resume)."""
+    return {r["step"]: r for r in read_jsonl(save_dir / "log.jsonl") if r["split"] == split}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1 / torch.mean((a - b) ** 2).item())
+
+
+def test_training_writes_logs_and_checkpoints_that_code_real_bitstreams(toy_data, tmp_path):
+    save_dir = tmp_path / "run"
+    args = toy_args(toy_data, save_dir, "--max_steps", "6", "--tensorboard")
+    assert train_compression.main(args) == 0
+
+    train = records(save_dir, "train")
+    assert sorted(train) == [1, 2, 3, 4, 5, 6]
+    assert sorted(records(save_dir, "val")) == [3, 6]  # one validation per epoch
+    assert all(math.isfinite(r["loss"]) and r["bpp_loss"] > 0 for r in train.values())
+    final = records(save_dir, "final")[6]
+    assert final["epoch"] == 2 and final["replica_max_difference"] == 0.0
+    assert (save_dir / "config.yaml").is_file() and (save_dir / "environment.yaml").is_file()
+    assert list((save_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    for name in ("last.pth.tar", "best.pth.tar"):
+        checkpoint = torch.load(save_dir / name, map_location="cpu", weights_only=True)
+        assert checkpoint["format"] == "icm-codec"
+        assert checkpoint["arch"] == {"backbone": "bmshj2018-hyperprior", "quality": 3, "metric": "mse",
+                                      "N": 32, "M": 48}
+        assert set(checkpoint) >= {"optimizer", "aux_optimizer", "lr_scheduler", "rng", "config", "epoch", "step"}
+    last = torch.load(save_dir / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert (last["step"], last["epoch"], last["epoch_step"]) == (6, 2, 0)
+    assert last["lambda"] == 0.0067 and last["config"]["lr"] == 1e-3
+
+    model, _ = load_codec(save_dir / "best.pth.tar")
+    x = read_image_tensor(Path(toy_data).parent / "originals" / "img0.png").unsqueeze(0)  # 80x72
+    compressed = compress_image(model, x)
+    x_hat = decompress_image(model, compressed)
+    bpp = real_bpp(compressed)
+    assert math.isfinite(bpp) and bpp > 0
+    with torch.no_grad():
+        padded, pad = pad_to_multiple(x, 64)
+        forward_x_hat = crop(model(padded)["x_hat"], pad).clamp(0, 1)
+    assert abs(psnr(x_hat, x) - psnr(forward_x_hat, x)) < 0.5
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(toy_data, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train_compression.main(toy_args(toy_data, whole, "--max_steps", "5"))
+    train_compression.main(toy_args(toy_data, split, "--max_steps", "2"))  # stops mid-epoch
+    stopped = torch.load(split / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert (stopped["step"], stopped["epoch"], stopped["epoch_step"]) == (2, 0, 2)
+    train_compression.main(toy_args(toy_data, split, "--max_steps", "5", "--resume", str(split / "last.pth.tar")))
+
+    expected, resumed = records(whole, "train"), records(split, "train")
+    for step in (3, 4, 5):  # step 3 ends epoch 0 (validation, scheduler), 4-5 run epoch 1
+        for key in ("loss", "bpp_loss", "mse_loss", "aux_loss"):
+            assert resumed[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-5), (step, key)
+    a = torch.load(whole / "last.pth.tar", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(split / "last.pth.tar", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a if a[k].is_floating_point())
+
+
+def test_checkpoint_starts_a_fine_tune_with_fresh_counters(toy_data, tmp_path):
+    base = tmp_path / "base"
+    train_compression.main(toy_args(toy_data, base, "--max_steps", "6"))
+    tuned = tmp_path / "tuned"
+    train_compression.main(toy_args(toy_data, tuned, "--max_steps", "2", "--beta", "0",
+                                    "--checkpoint", str(base / "last.pth.tar")))
+    checkpoint = torch.load(tuned / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert (checkpoint["step"], checkpoint["epoch"], checkpoint["epoch_step"]) == (2, 0, 2)
+    assert int(checkpoint["optimizer"]["state"][0]["step"]) == 2  # fresh Adam, not the base run's
+    assert checkpoint["beta"] == 0.0
+    # Starts from the trained weights: far below the loss of a random init.
+    assert records(tuned, "train")[1]["loss"] < 0.8 * records(base, "train")[1]["loss"]
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        train_compression.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ")
+    return err[-1]
+
+
+def test_offline_zoo_weights_and_bad_flags_are_one_line_errors(toy_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(codec, "ZOO_HOST", "compressai.invalid")
+    message = one_line_error(capsys, ["--backbone", "bmshj2018", "--quality", "3", "--lr", "1e-4",
+                                      "--dataset", str(toy_data), "--save_dir", str(tmp_path / "x")])
+    assert "bmshj2018-hyperprior-3-6d87be32.pth.tar" in message and "--checkpoint PATH" in message
+    assert not (tmp_path / "x").exists()  # nothing written on failure
+
+    assert "give one" in one_line_error(capsys, toy_args(toy_data, tmp_path / "y", "--checkpoint", "a", "--resume", "b"))
+    assert "missing_folder: dataset folder not found" in one_line_error(
+        capsys, toy_args(tmp_path / "missing_folder", tmp_path / "z"))
+    assert "patch_size" in one_line_error(capsys, toy_args(toy_data, tmp_path / "w", "--metric", "ms-ssim"))
+
+
+def test_seed_command_dataset_path_falls_back_to_stage_one_folder(tmp_path, monkeypatch):
+    (tmp_path / "MetaAAFG" / "augmented_data").mkdir(parents=True)
+    (tmp_path / "Compression").mkdir()
+    monkeypatch.setattr(train_compression, "REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path / "Compression")
+    assert train_compression.resolve_dataset_path("./augmented_data") == tmp_path / "MetaAAFG" / "augmented_data"
+    (tmp_path / "Compression" / "augmented_data").mkdir()
+    assert train_compression.resolve_dataset_path("./augmented_data") == Path("./augmented_data")
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": ""}
+
+
+@pytest.mark.slow  # ~25 s: a fresh interpreter imports torch, compressai (and torch_geometric)
+def test_seed_command_runs_as_a_script_from_inside_compression(toy_data, tmp_path):
+    # The paper's command, verbatim but for where the data lives and a one-step limit. Offline
+    # it must stop with the one-line zoo error; online it downloads and trains one step.
+    result = subprocess.run(
+        [sys.executable, "train_compression.py", "--backbone", "bmshj2018", "--quality", "3", "--lr", "1e-4",
+         "--dataset", str(toy_data), "--max_steps", "1", "--num_workers", "0", "--patch_size", "64",
+         "--no-tensorboard", "--save_dir", str(tmp_path / "run")],
+        cwd=REPO_ROOT / "Compression", env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    if result.returncode == 0:
+        assert (tmp_path / "run" / "last.pth.tar").is_file()
+    else:
+        assert result.returncode == 2, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: cannot download CompressAI zoo weights") and "--checkpoint" in last
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_script_runs_from_another_directory_with_a_relative_dataset(toy_data, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *toy_args(Path("augmented_data"), tmp_path / "run", "--max_steps", "2")],
+        cwd=toy_data.parent, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert torch.load(tmp_path / "run" / "last.pth.tar", weights_only=True)["step"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_keep_identical_weights(toy_data, tmp_path):
+    save_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+         *toy_args(toy_data, save_dir, "--max_steps", "4", "--device", "cpu")],
+        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = records(save_dir, "final")[4]
+    assert final["replica_max_difference"] == 0.0
+    checkpoint = torch.load(save_dir / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
+    # 6 train pairs over 2 ranks with batch 2: 2 steps per epoch, so 4 steps end epoch 1.
+    assert (checkpoint["epoch"], checkpoint["epoch_step"]) == (2, 0)
+    assert sorted(records(save_dir, "val")) == [2, 4]
+
+
+def test_help_lists_every_flag_with_its_default_and_config_files_set_defaults(tmp_path):
+    text = " ".join(train_compression.build_parser().format_help().split())
+    for flag in ("--beta", "--lambda", "--resume", "--checkpoint", "--max_steps", "--val_fraction", "--aux_lr"):
+        assert flag in text
+    assert "(default: 1.0)" in text and "(default: 256)" in text
+    args = train_compression.parse_args_with_config(
+        train_compression.build_parser(),
+        ["--config", str(REPO_ROOT / "configs" / "compression" / "toy.yaml"), "--dataset", "d", "--lr", "5e-4"],
+        "compression",
+    )
+    assert (args.N, args.M, args.pretrained, args.patch_size) == (64, 96, False, 128)
+    assert args.lr == 5e-4  # the command line wins over the file
+
+
+def test_console_script_entry_point_resolves_to_main():
+    import importlib
+    import re
+
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    module, attr = re.search(r'^train-compression = "([\w.]+):(\w+)"', pyproject, re.M).groups()
+    assert getattr(importlib.import_module(module), attr) is train_compression.main
