@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -26,6 +28,74 @@ def as_image_list(images: Images) -> list[torch.Tensor]:
     return list(images)
 
 
+class LabelMap:
+    """Translate labels between a detector's native classes and a dataset's classes by name
+    (through :func:`icm.data.classmaps.class_map`); a class with no counterpart maps to -1."""
+
+    def __init__(self, native_classes: Sequence[str], classes: Sequence[str]) -> None:
+        self.native_classes = list(native_classes)
+        self.classes = list(classes)
+        if self.native_classes == self.classes:
+            identity = torch.arange(len(self.classes))
+            self.native_to_dataset, self.dataset_to_native = identity, identity.clone()
+        else:
+            from icm.data.classmaps import class_map
+
+            self.native_to_dataset = torch.as_tensor(class_map(self.native_classes, self.classes), dtype=torch.long)
+            self.dataset_to_native = torch.as_tensor(class_map(self.classes, self.native_classes), dtype=torch.long)
+
+    @staticmethod
+    def _translate(table: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = labels.long()
+        valid = (labels >= 0) & (labels < len(table))
+        mapped = torch.full_like(labels, -1)
+        mapped[valid] = table.to(labels.device)[labels[valid]]
+        keep = mapped >= 0
+        return mapped[keep], keep
+
+    def to_dataset(self, native_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Native labels -> (dataset labels of the kept entries, keep mask)."""
+        return self._translate(self.native_to_dataset, native_labels)
+
+    def to_native(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dataset labels -> (native labels of the kept entries, keep mask)."""
+        return self._translate(self.dataset_to_native, labels)
+
+
+def resolve_classes(
+    classes: Sequence[str] | None,
+    num_classes: int | None,
+    default_native: Sequence[str] | None,
+) -> tuple[list[str], list[str]]:
+    """(native classes, dataset classes) of a detector being built.
+
+    With ``num_classes`` the head has its own ``num_classes`` classes, named by ``classes``
+    (or ``class_0`` ...); without it the head keeps ``default_native`` (COCO for zoo
+    architectures) and ``classes`` (default: the native ones) is what predictions report.
+    """
+    if num_classes is not None:
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but {len(classes)} class names given")
+        native = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
+        return native, native
+    if default_native is None:
+        if classes is None:
+            raise ValueError("this detector has no default class set: pass classes or num_classes")
+        return list(classes), list(classes)
+    return list(default_native), list(classes) if classes is not None else list(default_native)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put ``module`` in eval mode (for inference while it is being trained)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 class Detector(nn.Module):
     """A frozen detector that predicts in the dataset's class space and gives a loss that
     is differentiable with respect to the input pixels.
@@ -40,10 +110,26 @@ class Detector(nn.Module):
     name: str = "detector"
     family: str = "base"
 
-    def __init__(self, classes: list[str], pseudo_threshold: float = 0.3) -> None:
+    def __init__(
+        self,
+        classes: list[str],
+        pseudo_threshold: float = 0.3,
+        native_classes: list[str] | None = None,
+    ) -> None:
         super().__init__()
-        self.classes = list(classes)
         self.pseudo_threshold = pseudo_threshold
+        # What a checkpoint needs to rebuild this detector (see icm.detectors.weights).
+        self.build_kwargs: dict = {}
+        self.set_classes(classes, native_classes)
+
+    def set_classes(self, classes: list[str], native_classes: list[str] | None = None) -> None:
+        """Set the dataset classes predictions are reported in (and, optionally, the native
+        classes of the network's head, by default unchanged or equal to ``classes``)."""
+        if native_classes is None:
+            native_classes = getattr(self, "native_classes", None) or classes
+        self.native_classes = list(native_classes)
+        self.classes = list(classes)
+        self.label_map = LabelMap(self.native_classes, self.classes)
 
     @property
     def num_classes(self) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from icm.detectors.base import Detector
+from icm.detectors.weights import is_weights_path, read_detector_checkpoint
 
 Builder = Callable[..., Detector]
 _BUILDERS: dict[str, Builder] = {}
@@ -29,7 +31,35 @@ def available() -> list[str]:
 
 
 def build_detector(name: str, **kwargs) -> Detector:
-    """Build a registered detector (frozen, eval mode). See each builder for its options."""
+    """Build a registered detector (frozen, eval mode). See each builder for its options.
+
+    ``weights`` may be one of our checkpoints (:mod:`icm.detectors.weights`) for any family:
+    the detector is then built with the stored architecture arguments and classes, and the
+    stored parameters are loaded with strict key matching.
+    """
     if name not in _BUILDERS:
         raise KeyError(f"unknown detector {name!r}; available: {', '.join(available())}")
+    weights = kwargs.get("weights", "default")
+    if is_weights_path(weights) and Path(weights).is_file():  # (a family may accept other names)
+        checkpoint = read_detector_checkpoint(weights)
+        if checkpoint is not None:
+            return _build_from_checkpoint(name, checkpoint, str(weights), kwargs)
     return _BUILDERS[name](**kwargs).freeze()
+
+
+def _build_from_checkpoint(name: str, checkpoint: dict, path: str, kwargs: dict) -> Detector:
+    if checkpoint["name"] != name:
+        raise ValueError(f"{path}: checkpoint of detector {checkpoint['name']!r}, not {name!r}")
+    native = list(checkpoint["native_classes"])
+    classes = kwargs.pop("classes", None) or list(checkpoint["classes"])
+    num_classes = kwargs.pop("num_classes", None)
+    if num_classes is not None and num_classes != len(native):
+        raise ValueError(f"{path}: checkpoint has {len(native)} classes, num_classes={num_classes} asked")
+    build_kwargs = {**checkpoint["build_kwargs"], **kwargs, "weights": None, "classes": native, "num_classes": len(native)}
+    detector = _BUILDERS[name](**build_kwargs)
+    try:
+        detector.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: parameters do not fit detector {name!r} ({str(e).splitlines()[0]})") from e
+    detector.set_classes(classes, native)
+    return detector.freeze()

@@ -1,0 +1,167 @@
+"""torchvision family: zoo weights give the library's own model, COCO ids translate to the
+dataset's classes, the frozen loss is deterministic and keeps BatchNorm in eval, toy
+architectures fit 128 px images."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from icm.data.classmaps import COCO_91_IDS, COCO_CLASSES, VOC_CLASSES, class_map
+from icm.detectors import build_detector
+from icm.detectors.torchvision_family import SPECS, _coco_classes
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _image(h, w, seed=0):
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _targets():
+    return [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 120.0, 90.0]]), "labels": torch.tensor([0, 2])}]
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if not s.toy])
+def test_zoo_classes_are_coco(name):
+    names, ids = _coco_classes(SPECS[name])
+    assert names == COCO_CLASSES and ids == COCO_91_IDS
+
+
+def _zoo_state(name: str, tmp_path):
+    """A state dict in the zoo layout (FrozenBatchNorm where the library freezes it),
+    with random values, and the file it is saved in."""
+    from torchvision.models import get_model
+
+    spec = SPECS[name]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        library = get_model(spec.builder, weights=None, weights_backbone=None, num_classes=91)
+        # The library builds these ResNet bodies with FrozenBatchNorm2d (v2: real BatchNorm2d).
+        frozen = name in ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+        state = {}
+        for key, value in library.state_dict().items():
+            if key.startswith("backbone.body.") and key.endswith("num_batches_tracked") and frozen:
+                continue  # the library builds its ResNet body with FrozenBatchNorm2d
+            if value.is_floating_point():
+                value = torch.rand(value.shape, generator=gen) * 0.1 + (0.5 if "running_var" in key else 0.0)
+            state[key] = value
+    torch.save(state, tmp_path / "zoo.pth")
+    return state
+
+
+@pytest.mark.parametrize(
+    "name", ["faster_rcnn", pytest.param("faster_rcnn_v2", marks=pytest.mark.slow), pytest.param("retinanet", marks=pytest.mark.slow)]
+)
+def test_zoo_weights_give_the_library_model(name, tmp_path, monkeypatch):
+    """Our build from a zoo file == torchvision's own builder with the same weights
+    (FrozenBatchNorm layout and the legacy eps=0 of COCO_V1 included)."""
+    import torchvision.models._api as tv_api
+    from torchvision.models import get_model, get_model_weights
+
+    state = _zoo_state(name, tmp_path)
+    ours = build_detector(name, weights=tmp_path / "zoo.pth", min_size=128, max_size=128)
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", lambda *a, **k: state)
+    spec = SPECS[name]
+    library = get_model(spec.builder, weights=get_model_weights(spec.builder).DEFAULT, min_size=128, max_size=128).eval()
+
+    def norms(model):
+        return [(type(m).__name__, m.eps) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+
+    assert norms(ours.model) == norms(library)
+    img = _image(96, 128)
+    with torch.no_grad():
+        expected = library([img])[0]
+        x = torch.rand(1, 3, 64, 64)
+        features, library_features = ours.model.backbone(x), library.backbone(x)
+    assert all(torch.equal(features[k], library_features[k]) for k in library_features)
+    got = ours.model.eval()([img])[0]
+    assert torch.equal(got["boxes"], expected["boxes"]) and torch.equal(got["labels"], expected["labels"])
+
+
+def test_predictions_translate_coco_ids_to_voc(tmp_path):
+    """COCO category ids -> VOC indices; detections of COCO classes absent from VOC dropped."""
+    kwargs = {"min_size": 128, "score_thresh": 0.0, "detections_per_img": 200}
+    coco = build_detector("ssdlite", weights=None, **kwargs)
+    voc = build_detector("ssdlite", weights=None, classes=VOC_CLASSES, **kwargs)
+    voc.load_state_dict(coco.state_dict())
+    images = [_image(96, 128, seed=1)]
+    # The raw model output in COCO ids, for reference.
+    with torch.no_grad():
+        raw = coco.model.eval()(images)[0]
+    coco_index = torch.tensor([COCO_91_IDS.index(int(i)) for i in raw["labels"]])
+    to_voc = torch.as_tensor(class_map(COCO_CLASSES, VOC_CLASSES))
+    keep = to_voc[coco_index] >= 0
+    assert keep.any() and not keep.all()
+    p_coco, p_voc = coco.predict(images)[0], voc.predict(images)[0]
+    assert torch.equal(p_coco["labels"], coco_index)
+    assert torch.equal(p_voc["labels"], to_voc[coco_index[keep]])
+    assert torch.equal(p_voc["boxes"], raw["boxes"][keep])
+
+
+def test_frozen_loss_is_deterministic_and_keeps_norms_in_eval():
+    detector = build_detector("toy_faster_rcnn", classes=CLASSES, weights=None)
+    norms = [m for m in detector.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in norms]
+    img = _image(128, 128)
+    torch.manual_seed(1)
+    first = detector.loss([img], _targets())
+    torch.manual_seed(2)  # proposal sampling uses loss_seed, not the global RNG
+    second = detector.loss([img], _targets())
+    assert torch.equal(first, second)
+    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, norms))
+    assert not detector.model.training and all(not m.training for m in norms)
+    # Losses of other targets differ: the targets are used.
+    other = [{"boxes": torch.tensor([[30.0, 30.0, 100.0, 110.0]]), "labels": torch.tensor([1])}]
+    assert not torch.equal(first, detector.loss([img], other))
+
+
+def test_trainable_mode_uses_batchnorm_statistics_and_trains_parameters():
+    detector = build_detector("toy_retinanet", classes=CLASSES, weights=None)
+    detector.set_trainable(True)
+    bn = next(m for m in detector.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    loss = detector.loss(torch.rand(2, 3, 128, 128), _targets() * 2)
+    loss.backward()
+    assert not torch.equal(before, bn.running_mean)
+    assert all(p.grad is not None for p in detector.parameters())
+    assert len(detector.predict(torch.rand(1, 3, 128, 128))) == 1 and detector.model.training
+
+
+def test_toy_backbone_strides_and_sizes():
+    detector = build_detector("toy_faster_rcnn", classes=CLASSES, weights=None)
+    features = detector.model.backbone(torch.rand(1, 3, 128, 128))
+    assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {"0": (16, 16), "1": (8, 8), "2": (4, 4), "pool": (2, 2)}
+    assert all(v.shape[1] == 64 for v in features.values())
+    # Anchors of 12-96 px fit 128 px images (torchvision's default 32-512 do not).
+    sizes = detector.model.rpn.anchor_generator.sizes
+    assert min(min(s) for s in sizes) == 12 and max(max(s) for s in sizes) == 96
+    ssd = build_detector("toy_ssdlite", classes=CLASSES, weights=None)
+    assert ssd.model.transform.fixed_size == (128, 128)
+
+
+@pytest.mark.parametrize("name", ["toy_faster_rcnn", "toy_retinanet", "toy_fcos", "toy_ssdlite"])
+def test_toy_detectors_are_small(name):
+    detector = build_detector(name, classes=CLASSES, weights=None)
+    params = sum(p.numel() for p in detector.parameters())
+    assert params < 2.5e6  # < 5 MB in fp16
+    # Own classes: labels 1..K in the head, 0 background.
+    assert detector.native_to_label_id.tolist() == [1, 2, 3]
+    assert torchvision.ops.misc.FrozenBatchNorm2d not in {type(m) for m in detector.modules()}
+
+
+@pytest.mark.slow
+def test_mask_rcnn_masks_at_input_resolution():
+    detector = build_detector("mask_rcnn", classes=CLASSES, num_classes=3, weights=None, min_size=96, max_size=128, box_score_thresh=0.0, box_detections_per_img=5)
+    img = _image(80, 112)
+    pred = detector.predict([img])[0]
+    n = len(pred["boxes"])
+    assert n > 0 and pred["masks"].shape == (n, 1, 80, 112)
+    assert ((pred["masks"] >= 0) & (pred["masks"] <= 1)).all()
+    # Without ground-truth masks the loss skips the mask branch; with them it uses it.
+    box_only = detector.loss([img], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])}])
+    masks = torch.zeros(1, 80, 112, dtype=torch.uint8)
+    masks[0, 10:70, 10:60] = 1
+    with_masks = detector.loss([img], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1]), "masks": masks}])
+    assert torch.isfinite(box_only) and with_masks > box_only
