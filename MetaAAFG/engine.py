@@ -1,0 +1,283 @@
+"""The stage-one run loop: which images this process does, in batches of equal size, written
+atomically and resumably to the output folder.
+
+Output folder (read by stage two)::
+
+    save_path/images/<safe id>.png   8-bit RGB, lossless, the source's size
+    save_path/manifest.jsonl         one line per finished image (see ``manifest_record``)
+    save_path/config.yaml            the resolved run config (written by the CLI)
+    save_path/summary.json           this process's summary (summary.shard-I-of-N.json)
+
+An image is finished when its manifest line exists: the PNG is renamed into place first,
+then the line is appended, so a crash at any point leaves either nothing for that image or
+a complete PNG that the rerun simply writes again. Several processes (``--shard I/N``,
+torchrun) append to the same ``manifest.jsonl``: each line is one ``write`` on a file opened
+with O_APPEND, which local filesystems apply atomically for lines this small (a few hundred
+bytes). On NFS, where O_APPEND is not atomic across machines, give each machine its own
+``--save_path`` and concatenate the manifests afterwards (``cat``); the image files do not
+collide because shards are disjoint.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+import warnings
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from hashlib import sha1
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm import tqdm
+
+from icm.data.records import DetectionSample
+from icm.io import (
+    ImageReadError,
+    append_jsonl,
+    atomic_write_json,
+    read_image_tensor,
+    read_jsonl,
+    write_image,
+)
+from MetaAAFG.meta_aafg import MetaAAFGConfig, augment_batch, linf_8bit
+
+if TYPE_CHECKING:
+    from icm.detectors.base import Detector
+
+MANIFEST = "manifest.jsonl"
+IMAGES_DIR = "images"
+MAX_STEM_CHARS = 180  # well under the 255-byte file-name limit, with room for ".png"
+
+
+# ----------------------------------------------------------------------------- the work list
+
+
+def shard_samples(samples: Sequence[DetectionSample], index: int, count: int) -> list[DetectionSample]:
+    """Samples ``index, index + count, ...``: the shards of 0..count-1 partition ``samples``."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= I < N")
+    return list(samples[index::count])
+
+
+def combined_shard(shard: tuple[int, int] | None, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+    """``--shard I/N`` across machines combined with torchrun's RANK/WORLD_SIZE inside each:
+    process ``rank`` of machine-shard ``I`` does shard ``I * world_size + rank`` of ``N * world_size``."""
+    index, count = shard or (0, 1)
+    return index * world_size + rank, count * world_size
+
+
+def safe_stem(sample_id: str) -> str:
+    """A file name for an image id, with no path separator and no leading dot.
+
+    Percent-encoding keeps it one-to-one (``a/b`` -> ``a%2Fb``, ``..`` -> ``%2E.``); names
+    too long for the filesystem are cut and suffixed with a hash of the full id.
+    """
+    if not sample_id:
+        raise ValueError("empty image id")
+    stem = urllib.parse.quote(sample_id, safe="-_.~+=,@")
+    if stem.startswith("."):
+        stem = "%2E" + stem[1:]
+    if len(stem) > MAX_STEM_CHARS:
+        stem = stem[: MAX_STEM_CHARS - 17] + "-" + sha1(sample_id.encode()).hexdigest()[:16]
+    return stem
+
+
+def output_relpath(sample_id: str) -> str:
+    """Where an image goes, relative to the save path: ``images/<safe id>.png``."""
+    return f"{IMAGES_DIR}/{safe_stem(sample_id)}.png"
+
+
+def finished_ids(save_path: Path) -> set[str]:
+    """Ids that already have a manifest line (the proof that their image is complete)."""
+    return {record["id"] for record in read_jsonl(save_path / MANIFEST)}
+
+
+def equal_size_batches(samples: Sequence[DetectionSample], batch_size: int) -> list[list[DetectionSample]]:
+    """Batches of at most ``batch_size`` samples of one recorded size, in first-seen order."""
+    groups: dict[tuple[int, int], list[DetectionSample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.height, s.width)].append(s)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def gt_targets(sample: DetectionSample, device: torch.device) -> dict[str, torch.Tensor]:
+    """A sample's boxes and labels as loss targets (COCO crowd boxes left out, as in training)."""
+    keep = ~sample.iscrowd
+    return {
+        "boxes": torch.as_tensor(sample.boxes[keep], dtype=torch.float32, device=device),
+        "labels": torch.as_tensor(sample.labels[keep], dtype=torch.int64, device=device),
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunSummary:
+    """What one process did: counts, failures with reasons, means over the images it wrote."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    linf: list[float] = field(default_factory=list)
+    loss_before: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    loss_after: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    gradient_evaluations: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        def mean(values):
+            return sum(values) / len(values) if values else None
+
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": len(self.failed),
+            "failures": [{"id": i, "reason": r} for i, r in self.failed],
+            "mean_linf": mean(self.linf),
+            "mean_loss_before": {k: mean(v) for k, v in self.loss_before.items()},
+            "mean_loss_after": {k: mean(v) for k, v in self.loss_after.items()},
+            "gradient_evaluations": self.gradient_evaluations,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": self.done / self.seconds if self.seconds > 0 else None,
+        }
+
+    def format(self) -> str:
+        d = self.as_dict()
+        lines = [
+            f"done {d['done']}, skipped (already in the manifest) {d['skipped']}, failed {d['failed']}",
+        ]
+        lines += [f"  failed {f['id']}: {f['reason']}" for f in d["failures"]]
+        if d["mean_linf"] is not None:
+            lines.append(f"mean L-inf {d['mean_linf']:.2f} (8-bit units)")
+        for name, before in d["mean_loss_before"].items():
+            after = d["mean_loss_after"][name]
+            lines.append(f"  {name}: mean loss {before:.4f} -> {after:.4f} ({after - before:+.4f})")
+        if d["images_per_second"]:
+            lines.append(f"{d['images_per_second']:.3f} images/s over {d['seconds']:.1f} s")
+        return "\n".join(lines)
+
+
+def manifest_record(sample: DetectionSample, relpath: str, height: int, width: int, linf: float,
+                    before: Mapping[str, float], after: Mapping[str, float]) -> dict:
+    """One manifest line; stage two reads these keys."""
+    return {
+        "id": sample.id,
+        "source": str(Path(sample.image_path).resolve()),
+        "output": relpath,
+        "width": width,
+        "height": height,
+        "linf": linf,
+        "loss_before": dict(before),
+        "loss_after": dict(after),
+    }
+
+
+def _read_batch(batch, summary):
+    """Read a batch's images; unreadable ones are counted, warned about and left out.
+    Returns the readable ones grouped by their actual size (the records may be wrong)."""
+    by_size: dict[tuple[int, int], list] = defaultdict(list)
+    for sample in batch:
+        try:
+            image = read_image_tensor(sample.image_path)
+        except ImageReadError as e:
+            warnings.warn(f"skipping {sample.id}: {e}", stacklevel=2)
+            summary.failed.append((sample.id, str(e)))
+            continue
+        by_size[tuple(image.shape[1:])].append((sample, image))
+    return list(by_size.values())
+
+
+def run_stage_one(
+    samples: Sequence[DetectionSample],
+    detectors: Mapping[str, Detector],
+    config: MetaAAFGConfig,
+    save_path: str | Path,
+    targets: str = "gt",
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    on_image_written: Callable[[dict], None] | None = None,
+) -> RunSummary:
+    """Augment this process's shard of ``samples`` into ``save_path``, skipping finished ids.
+
+    ``targets`` is ``"gt"`` (the samples' boxes) or ``"pseudo"`` (each detector's clean
+    predictions). Each batch is seeded from ``seed`` and its first id, so results do not
+    depend on sharding or on where a previous run stopped.
+    """
+    if targets not in ("gt", "pseudo"):
+        raise ValueError(f"targets must be 'gt' or 'pseudo', got {targets!r}")
+    ids = [s.id for s in samples]
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"the dataset repeats image id {duplicates[0]!r}")
+    device = torch.device(device)
+    save_path = Path(save_path)
+    images_dir = (save_path / IMAGES_DIR).resolve()
+    images_dir.mkdir(parents=True, exist_ok=True)
+
+    mine = shard_samples(samples, *shard)
+    done_before = finished_ids(save_path)
+    todo = [s for s in mine if s.id not in done_before]
+    summary = RunSummary(skipped=len(mine) - len(todo))
+    counter: Counter = Counter()
+    start = time.perf_counter()
+    desc = "Meta-AAFG" if shard[1] == 1 else f"Meta-AAFG shard {shard[0]}/{shard[1]}"
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    for batch in equal_size_batches(todo, batch_size):
+        groups = _read_batch(batch, summary)
+        bar.update(len(batch) - sum(len(g) for g in groups))  # the unreadable ones
+        for group in groups:
+            group_samples = [s for s, _ in group]
+            images = torch.stack([img for _, img in group]).to(device)
+            batch_targets = "pseudo" if targets == "pseudo" else [gt_targets(s, device) for s in group_samples]
+            torch.manual_seed((seed * 1_000_003 + zlib.crc32(group_samples[0].id.encode())) % 2**63)
+            augmented, before, after = augment_batch(images, batch_targets, detectors, config, counter)
+            linf = linf_8bit(augmented, images).cpu()
+            for i, sample in enumerate(group_samples):
+                relpath = output_relpath(sample.id)
+                dest = save_path / relpath
+                if dest.resolve().parent != images_dir:  # safe_stem makes this impossible
+                    raise ValueError(f"image id {sample.id!r} would be written outside {images_dir}")
+                write_image(dest, augmented[i].cpu())
+                record = manifest_record(
+                    sample, relpath, images.shape[2], images.shape[3], float(linf[i]),
+                    {k: float(v[i]) for k, v in before.items()},
+                    {k: float(v[i]) for k, v in after.items()},
+                )
+                append_jsonl(save_path / MANIFEST, record)
+                summary.done += 1
+                summary.linf.append(record["linf"])
+                for name in detectors:
+                    summary.loss_before[name].append(record["loss_before"][name])
+                    summary.loss_after[name].append(record["loss_after"][name])
+                if on_image_written is not None:
+                    on_image_written(record)
+            bar.update(len(group_samples))
+            bar.set_postfix_str(_running_losses(summary), refresh=False)
+    bar.close()
+    summary.gradient_evaluations = counter["gradient_evaluations"]
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _running_losses(summary: RunSummary) -> str:
+    parts = []
+    for name, before in summary.loss_before.items():
+        after = summary.loss_after[name]
+        parts.append(f"{name} {sum(before) / len(before):.3g}->{sum(after) / len(after):.3g}")
+    return ", ".join(parts)
+
+
+def write_summary(save_path: str | Path, summary: RunSummary, shard: tuple[int, int]) -> Path:
+    """``summary.json`` (or ``summary.shard-I-of-N.json``) with :meth:`RunSummary.as_dict`."""
+    name = "summary.json" if shard[1] == 1 else f"summary.shard-{shard[0]}-of-{shard[1]}.json"
+    path = Path(save_path) / name
+    atomic_write_json(path, summary.as_dict())
+    return path

@@ -1,0 +1,204 @@
+"""Stage one, Meta-AAFG: write adversarially *helpful* versions of a dataset's images.
+
+    cd MetaAAFG && python train_meta_aafg.py --dataset VOC --epsilon 8/255 --meta_steps 10 --save_path ./augmented_data
+    python MetaAAFG/train_meta_aafg.py --dataset toy --limit 20 --save_path runs/aafg   # from the repo root
+    train-meta-aafg --config configs/toy.yaml --save_path runs/aafg                      # installed
+    torchrun --nproc_per_node 8 MetaAAFG/train_meta_aafg.py ...                         # one shard per GPU
+
+Output: ``images/<id>.png``, ``manifest.jsonl``, ``config.yaml`` (see MetaAAFG/engine.py).
+A rerun skips the images already in the manifest. Exit status 1 when more images than
+``--max_failures`` could not be read (all the others are done first), 2 on a bad flag or file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if __package__ in (None, ""):
+    # Run as a script (``cd MetaAAFG && python train_meta_aafg.py``) without the package
+    # installed: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from icm.cli import exit_on_user_error, fraction, key_value, resolve_device, shard  # noqa: E402
+from icm.config import CONFIG_DIR, load_yaml, parse_args_with_config, save_run_config, to_plain  # noqa: E402
+from icm.data import DetectionDataset, load_dataset  # noqa: E402
+from MetaAAFG.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary  # noqa: E402
+from MetaAAFG.meta_aafg import MetaAAFGConfig, gradient_budget  # noqa: E402
+
+if TYPE_CHECKING:
+    from icm.detectors import Detector
+
+DEFAULT_MODELS = "yolov3,faster_rcnn,centernet"
+# Settings that change the images: a rerun into a folder made with others would mix two runs.
+RESULT_KEYS = ("dataset", "split", "models", "epsilon", "meta_steps", "inner_steps", "alpha_in",
+               "alpha_out", "direction", "meta", "targets", "pseudo_threshold", "seed")
+TOY_CONFIG = CONFIG_DIR / "toy.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_meta_aafg.py",
+        description="Meta-AAFG (stage one): perturb each image within an L-inf ball so the model "
+        "set of detectors does better on it, and write the results losslessly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="YAML file of defaults (section meta_aafg); flags win. "
+                   "--dataset toy without --config uses configs/toy.yaml")
+    p.add_argument("--dataset", default="voc", help="voc, coco, oid, toy (any case), or a folder of images")
+    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's root")
+    p.add_argument("--split", default="train", help="dataset split")
+    p.add_argument("--models", default=DEFAULT_MODELS,
+                   help="comma list of detector names (--dataset toy: the toy config's model set)")
+    p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
+                   help="local weights for a model (repeatable); others use their default weights")
+    p.add_argument("--epsilon", type=fraction, default="8/255", help="L-inf radius, e.g. 8/255 or 0.03")
+    p.add_argument("--meta_steps", type=int, default=10, help="T: meta (outer) iterations")
+    p.add_argument("--inner_steps", type=int, default=5, help="K: meta-train steps per meta iteration")
+    p.add_argument("--alpha_in", type=fraction, default=None, help="meta-train step, also the step of "
+                   "--meta off (None: epsilon/16)")
+    p.add_argument("--alpha_out", type=fraction, default=None, help="meta-test step (None: epsilon/meta_steps)")
+    p.add_argument("--direction", choices=["helpful", "harmful"], default="helpful",
+                   help="helpful lowers the detectors' loss; harmful raises it (ablation)")
+    p.add_argument("--meta", choices=["on", "off"], default="on",
+                   help="off: plain ensemble PGD with the same number of gradient evaluations")
+    p.add_argument("--targets", choices=["gt", "pseudo"], default="gt",
+                   help="gt: the dataset's boxes; pseudo: each detector's predictions on the clean image")
+    p.add_argument("--pseudo_threshold", type=float, default=None,
+                   help="score threshold of pseudo targets; None: each detector's own")
+    p.add_argument("--batch_size", type=int, default=1, help="images per batch (batches hold one image size)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--shard", type=shard, default=None, metavar="I/N",
+                   help="do shard I of N (combined with torchrun's RANK/WORLD_SIZE when set)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (per batch: seed and first image id)")
+    p.add_argument("--save_path", default="./augmented_data", help="output folder")
+    p.add_argument("--max_failures", type=int, default=0,
+                   help="unreadable images tolerated before the exit status is 1")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; ``--dataset toy`` without ``--config`` reads configs/toy.yaml (the toy model set)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config is None and str(pre.dataset).lower() == "toy" and TOY_CONFIG.is_file():
+        argv = ["--config", str(TOY_CONFIG), *argv]
+    args = parse_args_with_config(parser, argv, "meta_aafg")
+    if isinstance(args.models, list | tuple):
+        args.models = ",".join(args.models)
+    if args.batch_size < 1 or args.meta_steps < 1 or args.inner_steps < 1:
+        raise ValueError("--batch_size, --meta_steps and --inner_steps must be at least 1")
+    return args
+
+
+def model_weights(items) -> dict[str, str]:
+    """``--weights`` as {name: path}; config files may give a list of NAME=PATH or a mapping."""
+    out: dict[str, str] = {}
+    for item in [items] if isinstance(items, dict) else items or []:
+        if isinstance(item, dict):
+            out.update({str(k): str(v) for k, v in item.items()})
+        else:
+            name, path = key_value(item) if isinstance(item, str) else item
+            out[str(name)] = str(path)
+    return out
+
+
+def load_stage_dataset(name: str, split: str, root: str | None) -> DetectionDataset:
+    """A named dataset (voc, coco, oid, toy in any case, or a config path) or a folder."""
+    if (CONFIG_DIR / "datasets" / f"{name.lower()}.yaml").is_file():
+        name = name.lower()
+    return load_dataset(name, split=split, root=root)
+
+
+def build_detector(name: str, **kwargs) -> Detector:
+    """:func:`icm.detectors.build_detector`, imported on first use: the detector families pull
+    in torchvision and ultralytics, which ``--help`` and bad-flag errors should not wait for."""
+    from icm.detectors import build_detector as build
+
+    return build(name, **kwargs)
+
+
+def build_model_set(names: list[str], dataset: DetectionDataset, weights: dict[str, str],
+                    device: torch.device, pseudo_threshold: float | None) -> dict[str, Detector]:
+    """The model set, in the dataset's classes (a plain folder keeps each detector's own)."""
+    unused = sorted(set(weights) - set(names))
+    if unused:  # a config may list weights for more models than --models picks
+        warnings.warn(f"--weights for {unused} unused: not in --models {names}", stacklevel=2)
+    detectors = {}
+    for name in names:
+        detector = build_detector(name, classes=dataset.classes or None,
+                                  weights=weights.get(name, "default"), device=str(device))
+        if pseudo_threshold is not None:
+            detector.pseudo_threshold = pseudo_threshold
+        detectors[name] = detector
+    return detectors
+
+
+def check_resumable(save_path: Path, args: argparse.Namespace) -> None:
+    """Refuse to add to a folder whose finished images were made with other settings."""
+    previous_config = save_path / "config.yaml"
+    if not (save_path / MANIFEST).is_file() or not previous_config.is_file():
+        return
+    previous = load_yaml(previous_config)
+    current = to_plain(vars(args))
+    changed = [k for k in RESULT_KEYS if k in previous and previous[k] != current.get(k)]
+    if changed:
+        k = changed[0]
+        raise ValueError(f"{save_path} holds images made with {k}={previous[k]!r}, not {current.get(k)!r}: "
+                         "use another --save_path (or the same settings to resume)")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    shard_index, shard_count = combined_shard(
+        args.shard, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    )
+    torch.manual_seed(args.seed)
+    config = MetaAAFGConfig(
+        epsilon=args.epsilon, meta_steps=args.meta_steps, inner_steps=args.inner_steps,
+        alpha_in=args.alpha_in, alpha_out=args.alpha_out, direction=args.direction,
+        meta=args.meta == "on",
+    )
+
+    dataset = load_stage_dataset(str(args.dataset), args.split, args.data_root)
+    if args.targets == "gt" and not dataset.classes:
+        raise ValueError(f"dataset {args.dataset} has no labels: use --targets pseudo")
+    samples = dataset.samples[: args.limit] if args.limit is not None else dataset.samples
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    detectors = build_model_set(names, dataset, model_weights(args.weights), device, args.pseudo_threshold)
+    save_path = Path(args.save_path)
+    check_resumable(save_path, args)
+    save_path.mkdir(parents=True, exist_ok=True)
+    save_run_config(save_path, vars(args) | {"shard": [shard_index, shard_count]}, str(device))
+    mine = len(shard_samples(samples, shard_index, shard_count))
+    print(f"Meta-AAFG: {mine} of {len(samples)} images of {dataset.name}/{args.split} "
+          f"(shard {shard_index}/{shard_count}), models {names}, meta {args.meta}, "
+          f"{gradient_budget(config, len(names))} gradient evaluations per batch, device {device}",
+          file=sys.stderr)
+
+    summary = run_stage_one(
+        samples, detectors, config, save_path, targets=args.targets, batch_size=args.batch_size,
+        device=device, seed=args.seed, shard=(shard_index, shard_count), progress=not args.no_progress,
+    )
+    write_summary(save_path, summary, (shard_index, shard_count))
+    print(summary.format())
+    if len(summary.failed) > args.max_failures:
+        print(f"error: {len(summary.failed)} images failed (--max_failures {args.max_failures})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

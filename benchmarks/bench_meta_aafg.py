@@ -1,0 +1,160 @@
+"""Stage-one speed: Meta-AAFG overhead ratio and images/s.
+
+    python benchmarks/bench_meta_aafg.py --models toy_yolov8,toy_faster_rcnn,centernet_small
+
+overhead ratio = wall time per batch / (gradient evaluations per batch x mean single-model
+forward+backward time at the same batch and size). 1.0 would mean the algorithm costs
+nothing beyond its detector passes; the rest is the per-image losses before/after (2 x B
+forward passes per model), normalisation, sign, projection and Python. A second ratio
+weights each model's time by how many gradients the schedule takes of it (the exact mix).
+Detectors use random weights (speed does not depend on training). Target: <= 1.15 on CPU.
+Both clocks are reported: wall time (the definition) and this process's CPU time, which is
+the one to trust on a shared machine where other jobs stretch wall time unevenly. Use one
+thread there (the default): idle OpenMP threads spin, which inflates CPU time unevenly too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
+
+import MetaAAFG.meta_aafg as meta_aafg  # noqa: E402
+from icm.detectors import available, build_detector  # noqa: E402
+from MetaAAFG.meta_aafg import MetaAAFGConfig, augment_batch, gradient_budget  # noqa: E402
+
+CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float() / 255
+    box = torch.tensor([[size * 0.2, size * 0.25, size * 0.7, size * 0.8]])
+    targets = [{"boxes": box.clone(), "labels": torch.tensor([i % len(CLASSES)])} for i in range(batch)]
+    return images, targets
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``. CPU time is what to trust on a
+    shared machine: other processes stretch wall time but not this process's CPU time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def forward_backward(detector, images, targets) -> None:
+    """One loss forward + one autograd.grad w.r.t. the images: what one gradient costs."""
+    x = images.clone().requires_grad_(True)
+    torch.autograd.grad(detector.loss(x, targets), x)
+
+
+def time_gradients_in_loop(clock: dict) -> None:
+    """Wrap meta_aafg's per-model gradient so its CPU time inside augment_batch is summed in
+    ``clock["s"]``: the in-loop share of detector passes, measured at the same moment as the
+    batch and so immune to the load changes that make the ratio above noisy."""
+    inner = meta_aafg._model_gradient
+
+    def timed_gradient(*args, **kwargs):
+        start = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            clock["s"] += time.process_time() - start
+
+    meta_aafg._model_gradient = timed_gradient
+
+
+def gradients_per_model(names: list[str], config: MetaAAFGConfig) -> Counter:
+    """How many gradients of each model one batch takes (the schedule of meta_aafg.py)."""
+    counts: Counter = Counter()
+    if not config.meta:
+        budget = gradient_budget(config, len(names))
+        for j in range(budget):
+            counts[names[j % len(names)]] += 1
+        return counts
+    for t in range(config.meta_steps):
+        held_out = names[t % len(names)]
+        for name in [n for n in names if n != held_out] or names:
+            counts[name] += config.inner_steps
+        counts[held_out] += 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=None, help="comma list (default: the small toy-sized models available)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--meta_steps", type=int, default=10)
+    p.add_argument("--inner_steps", type=int, default=5)
+    p.add_argument("--meta", choices=["on", "off"], default="on")
+    p.add_argument("--batches", type=int, default=2, help="rounds: timed batches of augment_batch")
+    p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per model per round")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="also write the result JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    if args.models:
+        names = args.models.split(",")
+    else:
+        small = ["toy_yolov8", "toy_yolov3", "toy_faster_rcnn", "toy_centernet", "centernet_small"]
+        names = [n for n in small if n in available()][:3]
+    if not names:
+        raise SystemExit(f"no small detector registered; pass --models (available: {available()})")
+    detectors = {n: build_detector(n, classes=CLASSES, num_classes=len(CLASSES), weights=None) for n in names}
+    images, targets = synthetic_batch(args.batch, args.size)
+    config = MetaAAFGConfig(meta_steps=args.meta_steps, inner_steps=args.inner_steps, meta=args.meta == "on")
+
+    budget = gradient_budget(config, len(names))
+    counts = gradients_per_model(names, config)
+
+    # Warm up, then alternate single-model passes and whole batches so that both see the same
+    # machine load; medians over rounds.
+    for d in detectors.values():
+        forward_backward(d, images, targets)
+    single: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    batches: list[tuple[float, float]] = []
+    in_loop = {"s": 0.0}
+    time_gradients_in_loop(in_loop)
+    for _ in range(args.batches):
+        for n, d in detectors.items():
+            for _ in range(args.repeats):
+                single[n].append(timed(lambda d=d: forward_backward(d, images, targets)))
+        counter: Counter = Counter()
+        batches.append(timed(lambda c=counter: augment_batch(images, targets, detectors, config, counter=c)))
+        assert counter["gradient_evaluations"] == budget
+
+    result = {"models": names, "batch": args.batch, "size": args.size, "meta": args.meta,
+              "meta_steps": args.meta_steps, "inner_steps": args.inner_steps, "threads": args.threads,
+              "gradient_evaluations_per_batch": budget, "device": "cpu", "torch": torch.__version__}
+    for k, clock in enumerate(("wall", "cpu")):
+        per_model = {n: statistics.median(t[k] for t in single[n]) for n in names}
+        per_batch = statistics.median(t[k] for t in batches)
+        result[clock] = {
+            "single_model_forward_backward_s": per_model,
+            "per_batch_s": per_batch,
+            "per_image_s": per_batch / args.batch,
+            "images_per_second": args.batch / per_batch,
+            "overhead_ratio": per_batch / (budget * statistics.mean(per_model.values())),
+            "overhead_ratio_exact_mix": per_batch / sum(counts[n] * per_model[n] for n in names),
+        }
+    # CPU time of whole batches / CPU time of the detector passes inside them.
+    result["cpu"]["overhead_ratio_in_loop"] = sum(t[1] for t in batches) / in_loop["s"]
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
