@@ -43,10 +43,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from icm.cli import exit_on_user_error, key_value, resolve_device  # noqa: E402
-from icm.config import CONFIG_DIR, parse_args_with_config, save_run_config  # noqa: E402
+from icm.config import parse_args_with_config, save_run_config  # noqa: E402
 from icm.io import read_json  # noqa: E402
 
-TOY_CONFIG = CONFIG_DIR / "toy.yaml"
 DEFAULT_ZOO_QUALITIES = [1, 2, 3, 4, 5, 6]
 DEFAULT_PILLOW_QUALITIES = [10, 20, 30, 50, 70, 90]
 
@@ -99,10 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse flags; ``--dataset toy`` without ``--config`` reads configs/toy.yaml."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config is None and str(pre.dataset).lower() == "toy" and TOY_CONFIG.is_file():
-        argv = ["--config", str(TOY_CONFIG), *argv]
     args = parse_args_with_config(parser, argv, "evaluation")
     args.seen_detectors = split_names(args.seen_detectors)
     args.unseen_detectors = split_names(args.unseen_detectors)

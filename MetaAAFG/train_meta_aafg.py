@@ -39,7 +39,6 @@ DEFAULT_MODELS = "yolov3,faster_rcnn,centernet"
 # Settings that change the images: a rerun into a folder made with others would mix two runs.
 RESULT_KEYS = ("dataset", "split", "models", "epsilon", "meta_steps", "inner_steps", "alpha_in",
                "alpha_out", "direction", "meta", "targets", "pseudo_threshold", "seed")
-TOY_CONFIG = CONFIG_DIR / "toy.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,10 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse flags; ``--dataset toy`` without ``--config`` reads configs/toy.yaml (the toy model set)."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config is None and str(pre.dataset).lower() == "toy" and TOY_CONFIG.is_file():
-        argv = ["--config", str(TOY_CONFIG), *argv]
     args = parse_args_with_config(parser, argv, "meta_aafg")
     if isinstance(args.models, list | tuple):
         args.models = ",".join(args.models)

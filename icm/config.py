@@ -29,8 +29,10 @@ from icm.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("ICM_CONFIG_DIR", REPO_ROOT / "configs"))
+TOY_CONFIG = CONFIG_DIR / "toy.yaml"
 SECTIONS = (
-    "meta_aafg", "compression", "evaluation", "make_tables", "codec", "train_detector", "toy_assets",
+    "meta_aafg", "compression", "evaluation", "make_tables", "codec", "train_detector",
+    "make_toy_dataset", "toy_assets",
 )
 
 
@@ -98,10 +100,19 @@ def parse_args_with_config(
 ) -> argparse.Namespace:
     """Parse ``argv`` with defaults taken from ``--config FILE`` when given.
 
+    Without ``--config``, ``--dataset toy`` reads ``configs/toy.yaml`` (the toy world).
+    The config's values become the parser's defaults, so ``--help`` shows them too.
+
     The parser must define ``--config``. Values from the file go through each flag's
     ``type`` like command-line strings would, so ``epsilon: 8/255`` works in YAML too.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(argv)
+    # `--dataset toy` alone selects the whole toy world (models, weights, codecs).
+    if getattr(pre, "config", None) is None and str(getattr(pre, "dataset", "")).lower() == "toy":
+        if TOY_CONFIG.is_file():
+            argv = ["--config", str(TOY_CONFIG), *argv]
+            pre, _ = parser.parse_known_args(argv)
     if getattr(pre, "config", None):
         actions = {a.dest: a for a in parser._actions if a.dest != "help"}
         values = config_defaults(pre.config, section, set(actions))

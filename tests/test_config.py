@@ -88,3 +88,20 @@ def test_save_run_config_writes_resolved_config_and_environment(tmp_path):
     assert cfg == {"epsilon": 0.5, "save_path": str(tmp_path), "models": ["a", "b"]}
     env = yaml.safe_load((tmp_path / "run" / "environment.yaml").read_text())
     assert env["device"] == "cpu" and env["torch"]
+
+
+def test_dataset_toy_alone_reads_the_toy_config(tmp_path, monkeypatch):
+    import icm.config
+
+    toy = tmp_path / "toy.yaml"
+    toy.write_text("meta_aafg:\n  meta_steps: 2\n")
+    monkeypatch.setattr(icm.config, "TOY_CONFIG", toy)
+
+    def parse(argv):
+        p = _parser()
+        p.add_argument("--dataset", default="voc")
+        return parse_args_with_config(p, argv, "meta_aafg")
+
+    assert parse(["--dataset", "TOY"]).meta_steps == 2
+    assert parse(["--dataset", "voc"]).meta_steps == 10
+    assert parse(["--dataset", "toy", "--meta_steps", "4"]).meta_steps == 4
