@@ -276,8 +276,8 @@ def _running_losses(summary: RunSummary) -> str:
 
 
 def write_summary(save_path: str | Path, summary: RunSummary, shard: tuple[int, int]) -> Path:
-    """``summary.json`` (or ``summary.shard-I-of-N.json``) with :meth:`RunSummary.as_dict`."""
+    """``summary.json`` (or ``summary.shard-I-of-N.json``): :meth:`RunSummary.as_dict` and the shard."""
     name = "summary.json" if shard[1] == 1 else f"summary.shard-{shard[0]}-of-{shard[1]}.json"
     path = Path(save_path) / name
-    atomic_write_json(path, summary.as_dict())
+    atomic_write_json(path, summary.as_dict() | {"shard": list(shard)})
     return path

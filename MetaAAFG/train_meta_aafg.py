@@ -26,8 +26,8 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from icm.cli import exit_on_user_error, fraction, key_value, resolve_device, shard  # noqa: E402
-from icm.config import CONFIG_DIR, load_yaml, parse_args_with_config, save_run_config, to_plain  # noqa: E402
+from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, resolve_device, shard  # noqa: E402
+from icm.config import load_yaml, parse_args_with_config, save_run_config, to_plain  # noqa: E402
 from icm.data import DetectionDataset, load_dataset  # noqa: E402
 from MetaAAFG.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary  # noqa: E402
 from MetaAAFG.meta_aafg import MetaAAFGConfig, gradient_budget  # noqa: E402
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODELS = "yolov3,faster_rcnn,centernet"
 # Settings that change the images: a rerun into a folder made with others would mix two runs.
-RESULT_KEYS = ("dataset", "split", "models", "epsilon", "meta_steps", "inner_steps", "alpha_in",
+RESULT_KEYS = ("dataset", "data_root", "split", "models", "weights", "epsilon", "meta_steps", "inner_steps", "alpha_in",
                "alpha_out", "direction", "meta", "targets", "pseudo_threshold", "seed")
 
 
@@ -95,39 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def model_weights(items) -> dict[str, str]:
-    """``--weights`` as {name: path}; config files may give a list of NAME=PATH or a mapping."""
-    out: dict[str, str] = {}
-    for item in [items] if isinstance(items, dict) else items or []:
-        if isinstance(item, dict):
-            out.update({str(k): str(v) for k, v in item.items()})
-        else:
-            name, path = key_value(item) if isinstance(item, str) else item
-            out[str(name)] = str(path)
-    return out
-
-
-def load_stage_dataset(name: str, split: str, root: str | None) -> DetectionDataset:
-    """A named dataset (voc, coco, oid, toy in any case, or a config path) or a folder."""
-    if (CONFIG_DIR / "datasets" / f"{name.lower()}.yaml").is_file():
-        name = name.lower()
-    return load_dataset(name, split=split, root=root)
-
-
-def build_detector(name: str, **kwargs) -> Detector:
-    """:func:`icm.detectors.build_detector`, imported on first use: the detector families pull
-    in torchvision and ultralytics, which ``--help`` and bad-flag errors should not wait for."""
-    from icm.detectors import build_detector as build
-
-    return build(name, **kwargs)
-
-
-def build_model_set(names: list[str], dataset: DetectionDataset, weights: dict[str, str],
+def build_model_set(names: list[str], dataset: DetectionDataset, weights: dict[str, str | None],
                     device: torch.device, pseudo_threshold: float | None) -> dict[str, Detector]:
     """The model set, in the dataset's classes (a plain folder keeps each detector's own)."""
     unused = sorted(set(weights) - set(names))
     if unused:  # a config may list weights for more models than --models picks
         warnings.warn(f"--weights for {unused} unused: not in --models {names}", stacklevel=2)
+    from icm.detectors import build_detector  # torchvision/ultralytics: not needed for --help
+
     detectors = {}
     for name in names:
         detector = build_detector(name, classes=dataset.classes or None,
@@ -166,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         meta=args.meta == "on",
     )
 
-    dataset = load_stage_dataset(str(args.dataset), args.split, args.data_root)
+    dataset = load_dataset(str(args.dataset), split=args.split, root=args.data_root, limit=args.limit)
     if args.targets == "gt" and not dataset.classes:
         raise ValueError(f"dataset {args.dataset} has no labels: use --targets pseudo")
-    samples = dataset.samples[: args.limit] if args.limit is not None else dataset.samples
+    samples = dataset.samples
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    detectors = build_model_set(names, dataset, model_weights(args.weights), device, args.pseudo_threshold)
+    detectors = build_model_set(names, dataset, detector_weights(args.weights), device, args.pseudo_threshold)
     save_path = Path(args.save_path)
     check_resumable(save_path, args)
     save_path.mkdir(parents=True, exist_ok=True)
-    save_run_config(save_path, vars(args) | {"shard": [shard_index, shard_count]}, str(device))
+    save_run_config(save_path, vars(args), str(device))  # the shard goes in its summary file
     mine = len(shard_samples(samples, shard_index, shard_count))
     print(f"Meta-AAFG: {mine} of {len(samples)} images of {dataset.name}/{args.split} "
           f"(shard {shard_index}/{shard_count}), models {names}, meta {args.meta}, "

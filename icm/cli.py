@@ -16,7 +16,8 @@ from icm.config import ConfigError
 from icm.io import ImageReadError
 
 # Errors a user can cause with a bad flag or file; they get one line, not a traceback.
-USER_ERRORS = (ConfigError, ImageReadError, FileNotFoundError, ValueError, KeyError)
+USER_ERRORS = (ConfigError, ImageReadError, FileNotFoundError, ValueError)
+RANDOM_INIT = ("none", "random")
 
 
 def fraction(text: str) -> float:
@@ -33,6 +34,22 @@ def key_value(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
+
+
+def detector_weights(items) -> dict[str, str | None]:
+    """``--weights`` items as {detector name: path}; ``none``/``random`` mean random init (None).
+
+    Items are ``NAME=PATH`` strings or (name, path) pairs (from :func:`key_value`); a config
+    file may also give a mapping or a list of mappings.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in [items] if isinstance(items, dict) else items or []:
+        if isinstance(item, dict):
+            pairs.extend((str(k), str(v)) for k, v in item.items())
+        else:
+            name, path = key_value(item) if isinstance(item, str) else item
+            pairs.append((str(name), str(path)))
+    return {name: None if path.lower() in RANDOM_INIT else path for name, path in pairs}
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -71,8 +88,7 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int | N
         except USER_ERRORS as e:
             if os.environ.get("ICM_DEBUG"):
                 raise
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

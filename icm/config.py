@@ -117,22 +117,28 @@ def parse_args_with_config(
         actions = {a.dest: a for a in parser._actions if a.dest != "help"}
         values = config_defaults(pre.config, section, set(actions))
         for key, value in values.items():
-            action = actions[key]
-            if action.type is not None and isinstance(value, str | int | float):
-                try:
-                    value = action.type(str(value)) if isinstance(value, str) else value
-                except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
-                    raise ConfigError(f"{pre.config}: bad value for {key!r}: {e}") from e
-            if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
-                if not isinstance(value, list):
-                    value = [value]
-            if action.choices is not None:
-                items = value if isinstance(value, list) else [value]
-                bad = [v for v in items if v not in action.choices]
-                if bad:
-                    raise ConfigError(f"{pre.config}: {key}={bad[0]!r} not one of {list(action.choices)}")
-            parser.set_defaults(**{key: value})
+            parser.set_defaults(**{key: _config_value(actions[key], value, f"{pre.config}: {key}")})
     return parser.parse_args(argv)
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A YAML value as the flag would have parsed it: strings (also inside lists) go
+    through the flag's ``type``, list flags get lists, choices are checked."""
+    if isinstance(value, dict):
+        return value
+    if (action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)) and not isinstance(value, list):
+        value = [value]
+    items = value if isinstance(value, list) else [value]
+    if action.type is not None:
+        try:
+            items = [action.type(v) if isinstance(v, str) else v for v in items]
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ConfigError(f"{where}: bad value ({e})") from e
+    if action.choices is not None:
+        bad = [v for v in items if v not in action.choices]
+        if bad:
+            raise ConfigError(f"{where}={bad[0]!r} is not one of {list(action.choices)}")
+    return items if isinstance(value, list) else items[0]
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:

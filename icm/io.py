@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,29 +176,44 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line to ``path`` with a single write, flushed to disk."""
     line = json.dumps(record, sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    with open(path, "a+b") as f:
+        # After a crash mid-append the file ends in a torn line: start on a fresh line so
+        # this record stays readable (read_jsonl skips the torn fragment).
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file; a torn last line (crash mid-append) is ignored, any other
-    malformed line raises an error naming the file and line."""
+    """Read a JSON-lines file written by :func:`append_jsonl`.
+
+    A torn line left by a crash mid-append (the last line, or a line followed by the
+    fresh line ``append_jsonl`` starts after it) is skipped with a warning; any other
+    malformed line raises an error naming the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records, torn = [], 0
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if i == len(lines):
-                break
+            # A torn write is a valid record cut short: the parser runs out of input.
+            if e.pos >= len(line.rstrip()):
+                torn += 1
+                continue
             raise ValueError(f"{path}:{i}: malformed JSON line ({e.msg})") from e
+    if torn:
+        warnings.warn(f"{path}: skipped {torn} torn line(s) left by an interrupted write", stacklevel=2)
     return records
 
 

@@ -3,7 +3,7 @@ import argparse
 import pytest
 import torch
 
-from icm.cli import exit_on_user_error, fraction, key_value, resolve_device, shard
+from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, resolve_device, shard
 from icm.io import ImageReadError
 
 
@@ -56,3 +56,12 @@ def test_programming_errors_keep_their_traceback():
 
     with pytest.raises(RuntimeError, match="bug"):
         main()
+
+
+def test_detector_weights_from_flags_and_configs():
+    assert detector_weights([("a", "/w/a.pt"), "b=none", "c=Random"]) == {"a": "/w/a.pt", "b": None, "c": None}
+    assert detector_weights({"a": "x.pt"}) == {"a": "x.pt"}
+    assert detector_weights([{"a": "x.pt"}, "b=y.pt"]) == {"a": "x.pt", "b": "y.pt"}
+    assert detector_weights(None) == {}
+    with pytest.raises(argparse.ArgumentTypeError):
+        detector_weights(["no-equals"])

@@ -56,17 +56,26 @@ def test_unknown_top_level_key_warns(tmp_path):
 def test_bad_values_and_choices_are_errors(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("meta_aafg:\n  direction: sideways\n")
-    with pytest.raises(ConfigError, match="direction='sideways'"):
+    with pytest.raises(ConfigError, match="direction='sideways' is not one of"):
         parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
     cfg.write_text("meta_aafg:\n  epsilon: eight\n")
-    with pytest.raises(ConfigError, match="bad value for 'epsilon'"):
+    with pytest.raises(ConfigError, match="epsilon: bad value"):
         parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
 
 
-def test_list_flags_accept_scalars(tmp_path):
+def test_list_flags_accept_scalars_and_typed_items(tmp_path):
+    from icm.cli import key_value
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text("meta_aafg:\n  weights: a=1.pt\n")
     assert parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg").weights == ["a=1.pt"]
+    p = _parser()
+    p.add_argument("--typed", type=key_value, action="append")
+    p.add_argument("--eps", type=fraction, nargs="+")
+    cfg.write_text("meta_aafg:\n  typed: [a=1.pt, b=2.pt]\n  eps: [1/255, 0.5]\n")
+    args = parse_args_with_config(p, ["--config", str(cfg)], "meta_aafg")
+    assert args.typed == [("a", "1.pt"), ("b", "2.pt")]
+    assert args.eps == [pytest.approx(1 / 255), 0.5]
 
 
 def test_malformed_and_missing_yaml(tmp_path):

@@ -160,3 +160,17 @@ def test_torch_dataset_transform_and_size_mismatch():
     voc.samples[0].width = 65
     with pytest.raises(ValueError, match=r"000001\.jpg: image is 64x48 but its annotation says 65x48"):
         DetectionImageDataset(voc)[0]
+
+
+def test_config_names_any_case_and_limit(tmp_path, monkeypatch):
+    from icm.data import load_dataset
+
+    monkeypatch.setenv("ICM_DATA_ROOT", str(tmp_path))
+    from icm.data import make_toy_dataset
+
+    make_toy_dataset(tmp_path / "toy", train=5, val=2, size=32, seed=1)
+    full = load_dataset("TOY", split="train", root=tmp_path / "toy")
+    three = load_dataset("toy", split="train", root=tmp_path / "toy", limit=3)
+    assert len(full) == 5 and len(three) == 3
+    assert [s.id for s in three.samples] == [s.id for s in full.samples[:3]]
+    assert three.classes == full.classes

@@ -73,7 +73,7 @@ def test_registry_lists_the_model_set():
     unseen = {"retinanet", "fcos", "ssd300", "ssdlite", "faster_rcnn_v2", "mask_rcnn", "yolov5", "yolov8", "yolo11", "rtdetr"}
     toys = {"toy_yolov3", "toy_yolov8", "toy_faster_rcnn", "toy_retinanet", "toy_fcos", "toy_ssdlite"}
     assert seen | unseen | toys <= names
-    with pytest.raises(KeyError, match="unknown detector 'nope'"):
+    with pytest.raises(ValueError, match="unknown detector 'nope'"):
         build_detector("nope")
 
 

@@ -124,7 +124,13 @@ def test_jsonl_ignores_torn_last_line_but_not_corrupt_middle(tmp_path):
     append_jsonl(path, {"id": "b"})
     with open(path, "a") as f:
         f.write('{"id": "c"')  # crash mid-append
-    assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
+    with pytest.warns(UserWarning, match="1 torn line"):
+        assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
+    # the next append starts on a fresh line: nothing after the crash is lost
+    append_jsonl(path, {"id": "d"})
+    append_jsonl(path, {"id": "e"})
+    with pytest.warns(UserWarning, match="1 torn line"):
+        assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "d", "e"]
     path.write_text('{"id": "a"}\n{oops\n{"id": "b"}\n')
     with pytest.raises(ValueError, match="m.jsonl:2"):
         read_jsonl(path)

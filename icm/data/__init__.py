@@ -8,6 +8,7 @@ synthetic toy set, all returning one record type, plus named configs and a torch
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Callable
@@ -66,6 +67,7 @@ def load_dataset(
     name_or_config: str | os.PathLike,
     split: str = "val",
     root: str | os.PathLike | None = None,
+    limit: int | None = None,
     **overrides: Any,
 ) -> DetectionDataset:
     """Load a dataset by config name (``voc``, ``coco``, ``oid``, ``toy``: the files in
@@ -74,10 +76,21 @@ def load_dataset(
     ``split`` picks an entry of the config's ``splits``; ``root`` (a path as given, e.g.
     ``--data_root``) replaces the config's root, the data's folder (e.g. a VOCdevkit); a
     relative root in a config is under :func:`data_dir`. ``overrides`` replace or add
-    reader options (e.g. ``skip_unknown=True``). The toy set is generated on first use.
-    Missing data is a one-line error saying what is missing and how to point at it.
+    reader options (e.g. ``skip_unknown=True``). Config names are case-insensitive
+    (``VOC`` = ``voc``). ``limit`` keeps the first N samples. The toy set is generated on
+    first use. Missing data is a one-line error saying what is missing and how to point at it.
     """
+    dataset = _load_dataset(name_or_config, split, root, overrides)
+    if limit is not None:
+        dataset = dataclasses.replace(dataset, samples=dataset.samples[:limit])
+    return dataset
+
+
+def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.PathLike | None,
+                  overrides: dict[str, Any]) -> DetectionDataset:
     path = Path(name_or_config)
+    if (CONFIG_DIR / "datasets" / f"{str(name_or_config).lower()}.yaml").is_file():
+        name_or_config = str(name_or_config).lower()
     is_config_name = (CONFIG_DIR / "datasets" / f"{name_or_config}.yaml").is_file()
     if path.is_dir() and not is_config_name:  # a config name wins over a folder of that name
         return read_image_folder(path, **overrides)

@@ -38,7 +38,7 @@ def build_detector(name: str, **kwargs) -> Detector:
     stored parameters are loaded with strict key matching.
     """
     if name not in _BUILDERS:
-        raise KeyError(f"unknown detector {name!r}; available: {', '.join(available())}")
+        raise ValueError(f"unknown detector {name!r}; available: {', '.join(available())}")
     weights = kwargs.get("weights", "default")
     if is_weights_path(weights) and Path(weights).is_file():  # (a family may accept other names)
         checkpoint = read_detector_checkpoint(weights)
