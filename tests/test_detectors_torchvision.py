@@ -165,3 +165,10 @@ def test_mask_rcnn_masks_at_input_resolution():
     masks[0, 10:70, 10:60] = 1
     with_masks = detector.loss([img], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1]), "masks": masks}])
     assert torch.isfinite(box_only) and with_masks > box_only
+
+
+@pytest.mark.parametrize("name", ["toy_faster_rcnn", "toy_retinanet", "toy_fcos", "toy_ssdlite"])
+def test_toy_models_use_a_batchnorm_momentum_that_short_training_can_follow(name):
+    detector = build_detector(name, classes=["a", "b"], num_classes=2, weights=None)
+    momenta = {m.momentum for m in detector.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert momenta == {0.1}

@@ -16,8 +16,16 @@ the official design, loading the official checkpoints with strict key matching.
 * Training loss: penalty-reduced focal loss (alpha 2, beta 4) on the heat maps with
   gaussian targets (CornerNet radius at min overlap 0.7), plus L1 size (weight 0.1) and
   offset (weight 1) losses at the object centres.
-* Decoding: sigmoid, 3x3 max-pool peak extraction, top-100 over all classes, boxes scaled
-  by 4 back to the input image's pixels.
+* Decoding: sigmoid, 3x3 max-pool peak extraction, top-100 over the classes (those with a
+  dataset class), boxes scaled by 4 back to the input image's pixels and clipped to it.
+* ``toy_centernet``: the resdcn layout with plain 3x3 convs instead of DCN, on a
+  quarter-width ResNet-18 (16..128 channels) with 64-channel neck and heads: 1.2 M
+  parameters (2.3 MB fp16), for the CPU-trained toy world.
+
+Our choices where the official code has none or differs for a reason: targets are built on
+continuous xyxy boxes clipped to the (padded) input rather than to ``output size - 1``;
+the transposed convs start as per-channel bilinear upsampling; decoded sizes are clamped at
+0 so an untrained network still gives valid boxes.
 
 The official files (``ctdet_coco_resdcn18.pth``, ``ctdet_coco_resnet18.pth``) store
 ``{'epoch', 'state_dict'}``, sometimes with a ``module.`` prefix; they predict the 80 COCO
@@ -36,8 +44,15 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import deform_conv2d
 
-from icm.detectors.base import Detector
+from icm.data.classmaps import COCO_CLASSES
+from icm.detectors.base import Detector, resolve_classes
 from icm.detectors.registry import register
+from icm.detectors.weights import (
+    WeightsUnavailableError,
+    is_weights_path,
+    read_detector_checkpoint,
+    weights_unavailable,
+)
 
 OUTPUT_STRIDE = 4
 INPUT_MULTIPLE = 32
@@ -310,7 +325,8 @@ def decode_detections(
     heat: torch.Tensor, wh: torch.Tensor, reg: torch.Tensor, k: int = MAX_DETECTIONS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Peaks of ``heat`` (probabilities [B, C, h, w]) -> top-``k`` boxes [B, k, 4] (xyxy,
-    output-map pixels), scores [B, k] and native labels [B, k]."""
+    output-map pixels), scores [B, k] and native labels [B, k]. Negative sizes (an
+    untrained network's) are clamped to 0 so that x2 >= x1 and y2 >= y1."""
     batch, num_classes, height, width = heat.shape
     peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
     k = min(k, num_classes * height * width)
@@ -322,7 +338,7 @@ def decode_detections(
     def at_peaks(x: torch.Tensor) -> torch.Tensor:  # [B, 2, h, w] -> [B, k, 2]
         return x.reshape(batch, 2, -1).gather(2, pixel[:, None, :].expand(-1, 2, -1)).transpose(1, 2)
 
-    size, offset = at_peaks(wh), at_peaks(reg)
+    size, offset = at_peaks(wh).clamp(min=0), at_peaks(reg)  # a negative size is no box
     cx, cy = xs + offset[..., 0], ys + offset[..., 1]
     half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
     boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
@@ -353,12 +369,17 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return strip_module_prefix(state_dict)
 
 
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2])
+
+
 class CenterNet(Detector):
     """CenterNet behind the :class:`Detector` interface.
 
     ``native_classes`` are the classes the heat map predicts; ``classes`` the dataset's.
-    Predictions are mapped native -> dataset (natives without a dataset class dropped);
-    ground-truth labels dataset -> native (dataset classes without a native one dropped).
+    Predictions are mapped native -> dataset by name (natives without a dataset class are
+    left out of the top-k); ground-truth labels dataset -> native (unmatched boxes dropped).
     """
 
     family = "centernet"
@@ -371,36 +392,33 @@ class CenterNet(Detector):
         pseudo_threshold: float = 0.3,
         max_detections: int = MAX_DETECTIONS,
     ) -> None:
-        super().__init__(classes, pseudo_threshold=pseudo_threshold)
-        self.native_classes = list(native_classes) if native_classes is not None else list(classes)
+        super().__init__(classes, pseudo_threshold=pseudo_threshold, native_classes=native_classes)
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown CenterNet architecture {arch!r} ({', '.join(ARCHITECTURES)})")
         self.arch = arch
         self.max_detections = max_detections
+        self.build_kwargs = {"max_detections": max_detections}
         self.model = CenterNetNet(len(self.native_classes), **ARCHITECTURES[arch])
         self.register_buffer("mean_bgr", torch.tensor(MEAN_BGR).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std_bgr", torch.tensor(STD_BGR).view(1, 3, 1, 1), persistent=False)
-        native_to_dataset = _class_map(self.native_classes, self.classes)
-        lut = torch.full((len(self.native_classes),), -1, dtype=torch.long)
-        for n, d in native_to_dataset.items():
-            lut[n] = d
-        self.register_buffer("native_to_dataset", lut, persistent=False)
-        lut = torch.full((len(self.classes),), -1, dtype=torch.long)
-        for n, d in native_to_dataset.items():
-            lut[d] = n
-        self.register_buffer("dataset_to_native", lut, persistent=False)
-
-    @property
-    def build_kwargs(self) -> dict:
-        """What :func:`build_detector` needs (besides ``classes``) to rebuild this network."""
-        return {"native_classes": self.native_classes}
 
     def load_official(self, path: str | os.PathLike) -> CenterNet:
-        """Load an official ctdet checkpoint (strict key matching)."""
+        """Load an official ctdet checkpoint with strict key matching. When this detector's
+        head has another number of classes than the file (fine-tuning to a new label set),
+        the final ``hm`` layer keeps its initialisation and every other key must match."""
         state_dict = load_official_state_dict(path)
+        own = self.model.state_dict()
+        new_head = [k for k in ("hm.2.weight", "hm.2.bias")
+                    if k in state_dict and state_dict[k].shape != own[k].shape]
+        for k in new_head:
+            del state_dict[k]
         try:
-            self.model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()[0:2]
-            raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout ({' '.join(first)})") from e
+            result = self.model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as e:  # same keys, other shapes
+            raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout ({_first_line(e)})") from e
+        problems = [k for k in result.missing_keys if k not in new_head] + list(result.unexpected_keys)
+        if problems:
+            raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout (keys: {problems[:4]})")
         return self
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
@@ -416,18 +434,25 @@ class CenterNet(Detector):
         return (batch.flip(1) - self.mean_bgr) / self.std_bgr
 
     def predict_raw(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        # Each image keeps its own resolution (padded to a multiple of 32), as at official test time.
-        results = []
-        for img in images:
-            outputs = self.model(self.preprocess([img]))
-            boxes, scores, labels = decode_detections(
-                outputs["hm"].sigmoid(), outputs["wh"], outputs["reg"], k=self.max_detections
-            )
-            boxes, scores, labels = boxes[0] * OUTPUT_STRIDE, scores[0], self.native_to_dataset[labels[0]]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img.shape[-1])
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img.shape[-2])
-            keep = labels >= 0
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        native_to_dataset = self.label_map.native_to_dataset.to(self.mean_bgr.device)
+        has_dataset_class = (native_to_dataset >= 0).float().view(1, -1, 1, 1)
+        results: list[dict[str, torch.Tensor]] = [{} for _ in images]
+        # Each image keeps its own resolution (padded to a multiple of 32), as at official
+        # test time; images of one size share a forward pass.
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
+        for (height, width), indices in by_size.items():
+            outputs = self.model(self.preprocess([images[i] for i in indices]))
+            heat = outputs["hm"].sigmoid() * has_dataset_class  # top-k among mappable classes
+            boxes, scores, labels = decode_detections(heat, outputs["wh"], outputs["reg"], self.max_detections)
+            boxes = boxes * OUTPUT_STRIDE
+            boxes[..., 0::2] = boxes[..., 0::2].clamp(0, width)
+            boxes[..., 1::2] = boxes[..., 1::2].clamp(0, height)
+            labels = native_to_dataset[labels]
+            for j, i in enumerate(indices):
+                keep = labels[j] >= 0
+                results[i] = {"boxes": boxes[j][keep], "scores": scores[j][keep], "labels": labels[j][keep]}
         return results
 
     def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -435,21 +460,10 @@ class CenterNet(Detector):
         _, num_classes, out_height, out_width = outputs["hm"].shape
         encoded = []
         for t in targets:
-            labels = self.dataset_to_native[t["labels"].to(self.dataset_to_native.device).long()]
-            keep = labels >= 0
-            encoded.append(
-                encode_targets(t["boxes"][keep.to(t["boxes"].device)], labels[keep], num_classes, out_height, out_width)
-            )
+            labels, keep = self.label_map.to_native(torch.as_tensor(t["labels"]).cpu())
+            boxes = torch.as_tensor(t["boxes"]).reshape(-1, 4).cpu()[keep]
+            encoded.append(encode_targets(boxes, labels, num_classes, out_height, out_width))
         return centernet_loss(outputs, encoded)
-
-
-def _class_map(native: list[str], dataset: list[str]) -> dict[int, int]:
-    """native index -> dataset index (identity when the lists are equal)."""
-    if native == dataset:
-        return {i: i for i in range(len(native))}
-    from icm.data.classmaps import class_map
-
-    return dict(class_map(native, dataset))
 
 
 # ----------------------------------------------------------------------------- builders
@@ -457,15 +471,10 @@ def _class_map(native: list[str], dataset: list[str]) -> dict[int, int]:
 ARCHITECTURES: dict[str, dict] = {
     "resdcn_18": {"neck": "dcn", "neck_channels": (256, 128, 64)},
     "res_18": {"neck": "deconv", "neck_channels": (256, 256, 256)},
-    # ~1.4 M parameters (2.8 MB fp16): quarter-width ResNet-18 + the resdcn neck with plain convs.
+    # 1.16 M parameters (2.3 MB fp16): quarter-width ResNet-18 + the resdcn neck with plain convs.
     "small": {"neck": "conv", "widths": (16, 32, 64, 128), "neck_channels": (64, 64, 64), "head_conv": 64},
 }
-
-
-def _coco_classes() -> list[str]:
-    from icm.data import COCO_CLASSES
-
-    return list(COCO_CLASSES)
+MODEL_ZOO_URL = "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md"
 
 
 def build_centernet(
@@ -475,42 +484,54 @@ def build_centernet(
     num_classes: int | None = None,
     weights: str | os.PathLike | None = "default",
     device: str | torch.device = "cpu",
-    native_classes: list[str] | None = None,
     **kwargs,
 ) -> CenterNet:
-    """Build a CenterNet. ``weights``: ``"default"`` (the official COCO file, looked up in
-    torch hub's checkpoint folder), a path to an official checkpoint, or None (random init).
+    """Build a CenterNet of architecture ``arch`` (``resdcn_18``, ``res_18``, ``small``).
 
-    With official weights the network predicts the 80 COCO classes and ``classes`` (the
-    dataset's, default COCO) are reached through the class map; with ``weights=None`` the
-    network predicts ``classes`` directly (``num_classes`` alone gives classes "0".."N-1").
+    ``weights``: ``"default"`` (the official COCO file; no library downloads it, so it must
+    be in torch hub's ``checkpoints`` folder), a path (an official ctdet checkpoint or one
+    of our detector checkpoints), or None (random initialisation; ``small`` has no default
+    weights). Classes follow
+    :func:`~icm.detectors.base.resolve_classes`: the ResNet-18 models predict the 80 COCO
+    classes natively unless ``num_classes`` gives the head its own classes; ``small`` has
+    no default class set.
     """
-    if classes is None and num_classes is not None:
-        classes = [str(i) for i in range(num_classes)]
-    if weights == "default" and arch == "small":
-        weights = None  # no public weights: the toy model is trained by train_detector.py
-    if weights is not None and native_classes is None:
-        native_classes = _coco_classes()
-    if classes is None:
-        classes = list(native_classes) if native_classes is not None else _coco_classes()
-    detector = CenterNet(classes, native_classes=native_classes, arch=arch, **kwargs)
-    if weights == "default":
-        filename = OFFICIAL_FILES[arch]
-        weights = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        if not weights.is_file():
-            raise FileNotFoundError(
-                f"CenterNet weights {filename} cannot be downloaded automatically: fetch it from the "
-                f"official CenterNet model zoo and pass --weights {registered_name}=PATH (or put it in {weights.parent})"
+    checkpoint = read_detector_checkpoint(weights) if is_weights_path(weights) else None
+    if checkpoint is not None:  # one of ours: rebuild exactly what was saved
+        if checkpoint["name"] != registered_name:
+            raise ValueError(f"{weights}: holds a {checkpoint['name']!r} detector, not {registered_name!r}")
+        detector = CenterNet(
+            list(classes) if classes is not None else checkpoint["classes"],
+            native_classes=checkpoint["native_classes"],
+            arch=arch,
+            **{**checkpoint["build_kwargs"], **kwargs},
+        )
+        detector.load_state_dict(checkpoint["state_dict"])
+    else:
+        default_native = None if arch == "small" else COCO_CLASSES
+        native, classes = resolve_classes(classes, num_classes, default_native)
+        detector = CenterNet(classes, native_classes=native, arch=arch, **kwargs)
+        if weights == "default" and arch == "small":
+            raise WeightsUnavailableError(
+                f"{registered_name}: no default weights (a toy detector, trained by scripts/train_detector.py); "
+                f"pass --weights {registered_name}=PATH, or weights=None to start from random weights"
             )
-    if weights is not None:
-        detector.load_official(weights)
+        if weights == "default":
+            filename = OFFICIAL_FILES[arch]
+            weights = Path(torch.hub.get_dir()) / "checkpoints" / filename
+            if not weights.is_file():
+                raise weights_unavailable(
+                    registered_name, filename, MODEL_ZOO_URL, f"no library downloads it, not in {weights.parent}"
+                )
+        if is_weights_path(weights):
+            detector.load_official(weights)
     detector.name = registered_name
     return detector.to(device)
 
 
 @register("centernet")
 def build_centernet_resdcn18(**kwargs) -> CenterNet:
-    """CenterNet ResDCN-18 (official ``ctdet_coco_resdcn18.pth`` layout)."""
+    """CenterNet ResDCN-18 (official ``ctdet_coco_resdcn18.pth`` layout), COCO classes."""
     return build_centernet("resdcn_18", "centernet", **kwargs)
 
 
@@ -520,10 +541,10 @@ def build_centernet_res18(**kwargs) -> CenterNet:
     return build_centernet("res_18", "centernet_res18", **kwargs)
 
 
-@register("centernet_small")
-def build_centernet_small(**kwargs) -> CenterNet:
-    """Small CenterNet for the toy world (trains on CPU); random init unless a path is given."""
-    return build_centernet("small", "centernet_small", **kwargs)
+@register("toy_centernet")
+def build_toy_centernet(**kwargs) -> CenterNet:
+    """Small CenterNet for the toy world (1.2 M parameters, trains on CPU); needs ``classes``."""
+    return build_centernet("small", "toy_centernet", **kwargs)
 
 
 __all__ = [

@@ -149,6 +149,18 @@ def _toy_ssdlite(num_classes: int, **kwargs) -> nn.Module:
     return model
 
 
+# torchvision's MobileNetV3 BatchNorm uses momentum 0.01 (0.03 in SSDlite's head), tuned for
+# ImageNet-length schedules: after a few hundred toy steps the running statistics are still
+# far from the batch ones and eval-mode scores collapse (~1e-10). Toy models train briefly.
+TOY_BN_MOMENTUM = 0.1
+
+
+def _set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
 TOY_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "faster_rcnn": _toy_faster_rcnn,
     "retinanet": _toy_retinanet,
@@ -387,6 +399,7 @@ def build_torchvision(
         size_kwargs = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
     if spec.toy:
         model = TOY_BUILDERS[spec.builder](head_classes, **size_kwargs, **model_kwargs)
+        _set_batchnorm_momentum(model, TOY_BN_MOMENTUM)
     else:
         model = get_model(
             spec.builder, weights=None, weights_backbone=None, num_classes=head_classes, **size_kwargs, **model_kwargs

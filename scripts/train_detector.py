@@ -1,0 +1,136 @@
+"""Train or fine-tune any registered detector on a VOC/COCO-format dataset (CPU or GPU).
+
+    python scripts/train_detector.py --model toy_centernet --dataset toy --epochs 30 --out runs/toy_centernet
+    python scripts/train_detector.py --model faster_rcnn --dataset voc --weights default --epochs 12 --out runs/frcnn_voc
+    python scripts/train_detector.py --model toy_yolov8 --dataset toy --out runs/toy_yolov8 --resume
+
+``--weights none`` (the default) trains from random initialisation with a head for the
+dataset's classes; ``default`` or a PATH fine-tunes pretrained weights (a COCO head keeps its
+80 classes and is trained through the class map; ``--new_head`` gives it the dataset's
+classes instead; one of our checkpoints continues with its own head). Outputs in ``--out``:
+``last.pt``, ``best.pt`` (detector checkpoints, ``icm.detectors.load_detector``),
+``resume.pt``, ``log.jsonl``, ``config.yaml``, ``environment.yaml``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script without the package installed: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
+from icm.config import parse_args_with_config, save_run_config  # noqa: E402
+from icm.data import DetectionDataset, load_dataset  # noqa: E402
+from icm.detectors import Detector, available, build_detector, read_detector_checkpoint  # noqa: E402
+from icm.detectors.training import RESUME_FILE, TrainSettings, train_detector  # noqa: E402
+from icm.io import atomic_write_json  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_detector.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config (top-level keys and a train_detector: section)")
+    p.add_argument("--model", help="registered detector name (required), e.g. toy_centernet, toy_yolov8, faster_rcnn")
+    p.add_argument("--dataset", default="toy", help="dataset config name (configs/datasets/) or YAML path")
+    p.add_argument("--data_root", help="the dataset's folder, replacing the config's root")
+    p.add_argument("--split", default="train", help="training split")
+    p.add_argument("--val_split", default="val", help="validation split ('none' to skip validation)")
+    p.add_argument("--limit", type=int, help="use only the first N images of each split")
+    p.add_argument("--weights", default="none",
+                   help="initial weights: 'none' (random), 'default' (the library's pretrained) or a PATH")
+    p.add_argument("--new_head", action="store_true",
+                   help="with pretrained weights: a head for the dataset's classes instead of the native one")
+    p.add_argument("--epochs", type=int, default=50, help="epochs (ignored when --max_steps is given)")
+    p.add_argument("--max_steps", type=int, help="total optimiser steps")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default: AdamW (SGD uses Nesterov momentum --momentum)")
+    p.add_argument("--lr", type=float, help="peak learning rate; default per family from scratch "
+                   "(CenterNet 4e-3, ultralytics 2e-3, torchvision 1e-3), a tenth of it when fine-tuning")
+    p.add_argument("--weight_decay", type=float, help="default per family (1e-4; ultralytics 5e-4)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--warmup_steps", type=int, help="linear warm-up steps; default 10%% of the steps, at most 500")
+    p.add_argument("--clip_grad", type=float, default=10.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
+    p.add_argument("--out", default="runs/detector", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from resume.pt")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val_every", type=int, default=1, help="validate every N epochs (and at the end)")
+    p.add_argument("--log_every", type=int, default=10, help="steps per line of log.jsonl")
+    p.add_argument("--checkpoint_every", type=int, default=1000, help="steps between mid-epoch checkpoints")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def load_split(dataset: str, split: str, data_root: str | None, limit: int | None) -> DetectionDataset:
+    """One split of a dataset, cut to its first ``limit`` images."""
+    data = load_dataset(dataset, split=split, root=data_root)
+    if limit is not None:
+        data = DetectionDataset(data.name, data.classes, data.samples[:limit])
+    return data
+
+
+def build_for_training(name: str, classes: list[str], weights: str, new_head: bool, device: torch.device) -> Detector:
+    """The detector to train: random init with a head for ``classes``, or pretrained weights
+    (native head with the class map, or a new head with ``new_head``, or our checkpoint's head)."""
+    if name not in available():
+        raise KeyError(f"unknown detector {name!r}; available: {', '.join(available())}")
+    if weights.lower() == "none":
+        return build_detector(name, classes=classes, num_classes=len(classes), weights=None, device=device)
+    if weights != "default":
+        checkpoint = read_detector_checkpoint(weights)
+        if checkpoint is not None:
+            return build_detector(name, classes=classes, weights=weights, device=device)
+    num_classes = len(classes) if new_head else None
+    return build_detector(name, classes=classes, num_classes=num_classes, weights=weights, device=device)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args_with_config(build_parser(), argv, "train_detector")
+    if not args.model:
+        raise ValueError(f"--model is required; available: {', '.join(available())}")
+    out = Path(args.out)
+    if (out / RESUME_FILE).exists() and not args.resume:
+        raise ValueError(f"{out} already holds a training run ({RESUME_FILE}); pass --resume or choose another --out")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    train_set = load_split(args.dataset, args.split, args.data_root, args.limit)
+    val_set = None
+    if args.val_split and args.val_split.lower() != "none":
+        val_set = load_split(args.dataset, args.val_split, args.data_root, args.limit)
+    detector = build_for_training(args.model, train_set.classes, args.weights, args.new_head, device)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(out, args, str(device))
+    settings = TrainSettings(
+        max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad,
+        hflip=args.hflip, seed=args.seed, num_workers=args.num_workers, log_every=args.log_every, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    summary = train_detector(
+        detector, train_set, val_set, out, settings, device, resume=args.resume,
+        card_extra={"weights_init": args.weights, "split": args.split, "val_split": args.val_split},
+        progress=not args.no_progress, pretrained=args.weights.lower() != "none",
+    )
+    losses = summary.pop("losses")
+    summary["first_loss"], summary["last_loss"] = (losses[0], losses[-1]) if losses else (None, None)
+    atomic_write_json(out / "summary.json", summary)
+    best = summary["best_map50"]
+    print(f"{args.model}: {summary['steps']} steps, best val mAP@0.5 "
+          f"{'-' if best is None else f'{best:.4f}'}; checkpoints in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

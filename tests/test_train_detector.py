@@ -1,0 +1,191 @@
+"""scripts/train_detector.py and icm.detectors.training: end to end on tiny toy data, resume,
+schedule and augmentation; slow overfit checks per detector family."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from icm.data import TOY_CLASSES, load_dataset, make_toy_dataset
+from icm.detectors import build_detector, load_detector
+from icm.detectors.training import (
+    TrainSettings,
+    epoch_batches,
+    hflip,
+    make_optimizer,
+    train_detector,
+    warmup_cosine,
+)
+from icm.io import read_jsonl
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_detector.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_detector_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def toy8(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("data") / "toy8", train=8, val=2, size=64, seed=3)
+
+
+def test_main_trains_checkpoints_logs_and_resumes(toy8, tmp_path):
+    main = _script().main
+    out = tmp_path / "run"
+    common = ["--model", "toy_centernet", "--dataset", "toy", "--data_root", str(toy8),
+              "--batch_size", "4", "--out", str(out), "--log_every", "1", "--no_progress"]
+    assert main([*common, "--max_steps", "3"]) == 0
+    for name in ("last.pt", "best.pt", "resume.pt", "log.jsonl", "config.yaml", "environment.yaml", "summary.json"):
+        assert (out / name).is_file(), name
+    log = read_jsonl(out / "log.jsonl")
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == [1, 2, 3] and all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in log if "loss" in r)
+    vals = [r for r in log if "val_map50" in r]
+    assert [r["step"] for r in vals] == [2, 3] and all(0 <= r["val_map50"] <= 1 for r in vals)  # epoch = 2 steps
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "toy_centernet"
+
+    state = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 3
+    checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    card = checkpoint["card"]
+    assert card["steps"] == 3 and card["architecture"] == "toy_centernet" and card["classes"] == TOY_CLASSES
+    assert "git_commit" in card and card["val_map50"] == vals[-1]["val_map50"]
+    detector = load_detector(out / "last.pt")
+    assert detector.classes == TOY_CLASSES and not detector.training
+    preds = detector.predict([torch.rand(3, 64, 64)])
+    assert preds[0]["labels"].max() < len(TOY_CLASSES)
+
+    # A second run into the same folder must say --resume; with it, training continues at step 4.
+    with pytest.raises(SystemExit) as err:
+        main([*common, "--max_steps", "4"])
+    assert err.value.code == 2
+    assert main([*common, "--max_steps", "4", "--resume"]) == 0
+    steps = [r["step"] for r in read_jsonl(out / "log.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 4
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_resume_matches_an_uninterrupted_run(toy8, tmp_path):
+    data = load_dataset("toy", split="train", root=toy8)
+    settings = TrainSettings(max_steps=3, batch_size=4, seed=1, log_every=100)
+    device = torch.device("cpu")
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_detector("toy_centernet", classes=TOY_CLASSES, weights=None)
+
+    straight = fresh()
+    train_detector(straight, data, None, tmp_path / "a", settings, device, progress=False)
+
+    interrupted = fresh()
+    original_loss, calls = interrupted.loss, []
+
+    def loss_that_stops(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # step 3, after the epoch-end checkpoint at step 2
+            raise KeyboardInterrupt
+        return original_loss(*args, **kwargs)
+
+    interrupted.loss = loss_that_stops
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(interrupted, data, None, tmp_path / "b", settings, device, progress=False)
+    torch.manual_seed(123)  # resume must not depend on the RNG state of the new process
+    resumed = build_detector("toy_centernet", classes=TOY_CLASSES, weights=None)
+    summary = train_detector(resumed, data, None, tmp_path / "b", settings, device, resume=True, progress=False)
+    assert summary["steps"] == 3 and len(summary["losses"]) == 1  # step 3 again
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+def test_warmup_then_cosine():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=10, total_steps=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(0.001 + 0.999 * 0.5)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 0.01
+
+
+def test_settings_take_family_defaults():
+    scratch = TrainSettings(epochs=3).resolved("torchvision", steps_per_epoch=40)
+    assert (scratch.optimizer, scratch.lr, scratch.max_steps, scratch.warmup_steps) == ("adamw", 1e-3, 120, 12)
+    finetune = TrainSettings(max_steps=10_000).resolved("centernet", 5, pretrained=True)
+    assert finetune.optimizer == "adamw" and finetune.lr == pytest.approx(4e-4)
+    assert finetune.warmup_steps == 500 and finetune.max_steps == 10_000
+    given = TrainSettings(lr=0.5, optimizer="SGD", warmup_steps=0).resolved("ultralytics", 5, pretrained=True)
+    assert (given.optimizer, given.lr, given.warmup_steps) == ("sgd", 0.5, 0)
+
+
+def test_hflip_mirrors_boxes_with_the_image():
+    image = torch.zeros(3, 10, 20)
+    image[:, 2:5, 1:4] = 1  # an object at x 1..4
+    target = {"boxes": torch.tensor([[1.0, 2.0, 4.0, 5.0]]), "labels": torch.tensor([0])}
+    flipped, t = hflip(image, target)
+    assert t["boxes"].tolist() == [[16.0, 2.0, 19.0, 5.0]]
+    assert flipped[:, 2:5, 16:19].eq(1).all() and flipped.sum() == image.sum()
+    assert target["boxes"].tolist() == [[1.0, 2.0, 4.0, 5.0]]  # input untouched
+
+
+def test_epoch_batches_deterministic_and_complete():
+    a, flips_a = epoch_batches(10, 4, seed=0, epoch=3, flip_prob=0.5)
+    b, flips_b = epoch_batches(10, 4, seed=0, epoch=3, flip_prob=0.5)
+    c, _ = epoch_batches(10, 4, seed=0, epoch=4, flip_prob=0.5)
+    assert a == b and torch.equal(flips_a, flips_b) and a != c
+    assert [len(x) for x in a] == [4, 4, 2] and sorted(sum(a, [])) == list(range(10))
+    assert not epoch_batches(10, 4, 0, 0, flip_prob=0.0)[1].any()
+
+
+def test_optimizer_leaves_biases_and_norms_undecayed():
+    detector = build_detector("toy_centernet", classes=TOY_CLASSES, weights=None).set_trainable(True)
+    optimizer = make_optimizer(detector, "adamw", 1e-3, 0.05)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    total = sum(p.numel() for p in detector.parameters())
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == total
+
+
+def test_unknown_model_is_a_one_line_error(toy8, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        _script().main(["--model", "no_such_detector", "--dataset", "toy", "--data_root", str(toy8),
+                        "--out", str(tmp_path / "x")])
+    assert err.value.code == 2
+    assert "no_such_detector" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- slow: overfit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, steps, batch_size", [
+    ("toy_centernet", 300, 16),
+    ("toy_yolov8", 300, 16),
+    ("toy_yolov3", 300, 16),
+    ("toy_faster_rcnn", 300, 16),
+])
+def test_small_detector_overfits_32_toy_images(tmp_path, model, steps, batch_size):
+    root = make_toy_dataset(tmp_path / "toy32", train=32, val=4, size=128, seed=0)
+    out = tmp_path / model
+    _script().main(["--model", model, "--dataset", "toy", "--data_root", str(root), "--split", "train",
+                    "--val_split", "train", "--max_steps", str(steps), "--batch_size", str(batch_size),
+                    "--hflip", "0", "--val_every", "25", "--out", str(out), "--no_progress"])
+    log = read_jsonl(out / "log.jsonl")
+    losses = [r["loss"] for r in log if "loss" in r]
+    maps = [r["val_map50"] for r in log if "val_map50" in r]
+    assert losses[-1] <= 0.5 * losses[0]
+    assert max(maps) > 0.5
