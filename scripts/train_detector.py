@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
 from icm.config import parse_args_with_config, save_run_config  # noqa: E402
-from icm.data import DetectionDataset, load_dataset  # noqa: E402
+from icm.data import load_dataset  # noqa: E402
 from icm.detectors import Detector, available, build_detector, read_detector_checkpoint  # noqa: E402
 from icm.detectors.training import RESUME_FILE, TrainSettings, train_detector  # noqa: E402
 from icm.io import atomic_write_json  # noqa: E402
@@ -72,24 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_split(dataset: str, split: str, data_root: str | None, limit: int | None) -> DetectionDataset:
-    """One split of a dataset, cut to its first ``limit`` images."""
-    data = load_dataset(dataset, split=split, root=data_root)
-    if limit is not None:
-        data = DetectionDataset(data.name, data.classes, data.samples[:limit])
-    return data
-
-
 def build_for_training(name: str, classes: list[str], weights: str, new_head: bool, device: torch.device) -> Detector:
     """The detector to train: random init with a head for ``classes``, or pretrained weights
     (native head with the class map, or a new head with ``new_head``, or our checkpoint's head)."""
-    if name not in available():
-        raise KeyError(f"unknown detector {name!r}; available: {', '.join(available())}")
     if weights.lower() == "none":
         return build_detector(name, classes=classes, num_classes=len(classes), weights=None, device=device)
     if weights != "default":
         checkpoint = read_detector_checkpoint(weights)
         if checkpoint is not None:
+            if new_head:
+                raise ValueError(f"--new_head: {weights} is one of our checkpoints and keeps its own head")
             return build_detector(name, classes=classes, weights=weights, device=device)
     num_classes = len(classes) if new_head else None
     return build_detector(name, classes=classes, num_classes=num_classes, weights=weights, device=device)
@@ -105,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{out} already holds a training run ({RESUME_FILE}); pass --resume or choose another --out")
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    train_set = load_split(args.dataset, args.split, args.data_root, args.limit)
+    train_set = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)
     val_set = None
     if args.val_split and args.val_split.lower() != "none":
-        val_set = load_split(args.dataset, args.val_split, args.data_root, args.limit)
+        val_set = load_dataset(args.dataset, split=args.val_split, root=args.data_root, limit=args.limit)
     detector = build_for_training(args.model, train_set.classes, args.weights, args.new_head, device)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(out, args, str(device))

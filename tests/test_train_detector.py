@@ -189,3 +189,19 @@ def test_small_detector_overfits_32_toy_images(tmp_path, model, steps, batch_siz
     maps = [r["val_map50"] for r in log if "val_map50" in r]
     assert losses[-1] <= 0.5 * losses[0]
     assert max(maps) > 0.5
+
+
+def test_resume_with_another_model_and_new_head_on_our_checkpoint_are_one_line_errors(toy8, tmp_path, capsys):
+    main = _script().main
+    out = tmp_path / "run"
+    common = ["--dataset", "toy", "--data_root", str(toy8), "--batch_size", "4", "--out", str(out),
+              "--no_progress", "--val_split", "none"]
+    assert main(["--model", "toy_yolov3", *common, "--max_steps", "1"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "toy_centernet", *common, "--max_steps", "2", "--resume"])
+    assert e.value.code == 2
+    assert "a run of 'toy_yolov3', not 'toy_centernet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "toy_yolov3", *common[:-5], "--out", str(tmp_path / "b"), "--no_progress",
+              "--max_steps", "1", "--weights", str(out / "last.pt"), "--new_head"])
+    assert "--new_head" in capsys.readouterr().err

@@ -50,7 +50,6 @@ from icm.detectors.registry import register
 from icm.detectors.weights import (
     WeightsUnavailableError,
     is_weights_path,
-    read_detector_checkpoint,
     weights_unavailable,
 )
 
@@ -489,42 +488,31 @@ def build_centernet(
     """Build a CenterNet of architecture ``arch`` (``resdcn_18``, ``res_18``, ``small``).
 
     ``weights``: ``"default"`` (the official COCO file; no library downloads it, so it must
-    be in torch hub's ``checkpoints`` folder), a path (an official ctdet checkpoint or one
-    of our detector checkpoints), or None (random initialisation; ``small`` has no default
+    be in torch hub's ``checkpoints`` folder), a path to an official ctdet checkpoint, or None (random initialisation; ``small`` has no default
     weights). Classes follow
     :func:`~icm.detectors.base.resolve_classes`: the ResNet-18 models predict the 80 COCO
     classes natively unless ``num_classes`` gives the head its own classes; ``small`` has
     no default class set.
     """
-    checkpoint = read_detector_checkpoint(weights) if is_weights_path(weights) else None
-    if checkpoint is not None:  # one of ours: rebuild exactly what was saved
-        if checkpoint["name"] != registered_name:
-            raise ValueError(f"{weights}: holds a {checkpoint['name']!r} detector, not {registered_name!r}")
-        detector = CenterNet(
-            list(classes) if classes is not None else checkpoint["classes"],
-            native_classes=checkpoint["native_classes"],
-            arch=arch,
-            **{**checkpoint["build_kwargs"], **kwargs},
+    # Our own checkpoints never get here: icm.detectors.build_detector rebuilds them for
+    # every family. A path here is an official ctdet checkpoint.
+    default_native = None if arch == "small" else COCO_CLASSES
+    native, classes = resolve_classes(classes, num_classes, default_native)
+    detector = CenterNet(classes, native_classes=native, arch=arch, **kwargs)
+    if weights == "default" and arch == "small":
+        raise WeightsUnavailableError(
+            f"{registered_name}: no default weights (a toy detector, trained by scripts/train_detector.py); "
+            f"pass --weights {registered_name}=PATH, or weights=None to start from random weights"
         )
-        detector.load_state_dict(checkpoint["state_dict"])
-    else:
-        default_native = None if arch == "small" else COCO_CLASSES
-        native, classes = resolve_classes(classes, num_classes, default_native)
-        detector = CenterNet(classes, native_classes=native, arch=arch, **kwargs)
-        if weights == "default" and arch == "small":
-            raise WeightsUnavailableError(
-                f"{registered_name}: no default weights (a toy detector, trained by scripts/train_detector.py); "
-                f"pass --weights {registered_name}=PATH, or weights=None to start from random weights"
+    if weights == "default":
+        filename = OFFICIAL_FILES[arch]
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        if not weights.is_file():
+            raise weights_unavailable(
+                registered_name, filename, MODEL_ZOO_URL, f"no library downloads it, not in {weights.parent}"
             )
-        if weights == "default":
-            filename = OFFICIAL_FILES[arch]
-            weights = Path(torch.hub.get_dir()) / "checkpoints" / filename
-            if not weights.is_file():
-                raise weights_unavailable(
-                    registered_name, filename, MODEL_ZOO_URL, f"no library downloads it, not in {weights.parent}"
-                )
-        if is_weights_path(weights):
-            detector.load_official(weights)
+    if is_weights_path(weights):
+        detector.load_official(weights)
     detector.name = registered_name
     return detector.to(device)
 

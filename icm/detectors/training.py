@@ -236,7 +236,12 @@ def train_detector(
         if not resume_path.is_file():
             raise FileNotFoundError(f"{resume_path}: nothing to resume from")
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        detector.load_state_dict(state["model"])
+        if state.get("detector", detector.name) != detector.name:
+            raise ValueError(f"{resume_path}: a run of {state['detector']!r}, not {detector.name!r}")
+        try:
+            detector.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{resume_path}: parameters do not fit {detector.name!r} ({str(e).splitlines()[0]})") from e
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best_map, history = state["step"], state["best_map"], state["history"]
@@ -255,7 +260,7 @@ def train_detector(
 
     def save_resume() -> None:
         atomic_torch_save(resume_path, {
-            "model": detector.state_dict(), "optimizer": optimizer.state_dict(),
+            "detector": detector.name, "model": detector.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "best_map": best_map,
             "history": history, "rng": rng_state(), "settings": asdict(settings),
         })
