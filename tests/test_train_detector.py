@@ -205,3 +205,15 @@ def test_resume_with_another_model_and_new_head_on_our_checkpoint_are_one_line_e
         main(["--model", "toy_yolov3", *common[:-5], "--out", str(tmp_path / "b"), "--no_progress",
               "--max_steps", "1", "--weights", str(out / "last.pt"), "--new_head"])
     assert "--new_head" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_optimiser_and_may_extend_it(toy8, tmp_path):
+    main = _script().main
+    out = tmp_path / "run"
+    common = ["--model", "toy_yolov3", "--dataset", "toy", "--data_root", str(toy8), "--batch_size", "4",
+              "--out", str(out), "--no_progress", "--val_split", "none"]
+    assert main([*common, "--max_steps", "2", "--optimizer", "sgd"]) == 0
+    with pytest.warns(UserWarning, match="ignored optimizer='adamw'"):
+        assert main([*common, "--max_steps", "3", "--optimizer", "adamw", "--resume"]) == 0
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["step"] == 3 and state["settings"]["optimizer"] == "sgd" and state["settings"]["max_steps"] == 3

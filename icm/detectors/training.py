@@ -19,7 +19,8 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,21 @@ def make_card(detector: Detector, dataset_name: str, step: int, epoch: int, val_
     }
 
 
+# What a resumed run may change: its length and its bookkeeping, not how it optimises.
+RESUMABLE_CHANGES = ("max_steps", "epochs", "num_workers", "log_every", "val_every", "checkpoint_every")
+
+
+def resumed_settings(asked: TrainSettings, saved: dict[str, Any], path: Path) -> TrainSettings:
+    """The saved run's settings, with only :data:`RESUMABLE_CHANGES` taken from ``asked``
+    (so a longer ``max_steps`` extends the run). Other differences get one warning."""
+    saved_settings = TrainSettings(**saved)
+    ignored = [f"{k}={getattr(asked, k)!r}" for k in saved
+               if k not in RESUMABLE_CHANGES and getattr(asked, k) is not None and getattr(asked, k) != saved[k]]
+    if ignored:
+        warnings.warn(f"{path}: resuming with the run's own settings; ignored {', '.join(ignored)}", stacklevel=2)
+    return replace(saved_settings, **{k: getattr(asked, k) for k in RESUMABLE_CHANGES})
+
+
 def train_detector(
     detector: Detector,
     train_set: DetectionDataset,
@@ -224,6 +240,17 @@ def train_detector(
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
         raise ValueError(f"training set {train_set.name!r} is empty")
+    resume_path = out_dir / RESUME_FILE
+    state = None
+    if resume:
+        if not resume_path.is_file():
+            raise FileNotFoundError(f"{resume_path}: nothing to resume from")
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state.get("detector", detector.name) != detector.name:
+            raise ValueError(f"{resume_path}: a run of {state['detector']!r}, not {detector.name!r}")
+        settings = resumed_settings(settings, state["settings"], resume_path)
+    elif resume_path.exists():
+        raise ValueError(f"{out_dir} already holds a training run ({RESUME_FILE}); pass --resume or choose another --out")
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
     settings = settings.resolved(detector.family, steps_per_epoch, pretrained)
     detector.to(device).set_trainable(True)
@@ -231,13 +258,7 @@ def train_detector(
     scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.max_steps)
     step, best_map, history = 0, -1.0, []
 
-    resume_path = out_dir / RESUME_FILE
-    if resume:
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"{resume_path}: nothing to resume from")
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state.get("detector", detector.name) != detector.name:
-            raise ValueError(f"{resume_path}: a run of {state['detector']!r}, not {detector.name!r}")
+    if state is not None:
         try:
             detector.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -246,8 +267,6 @@ def train_detector(
         scheduler.load_state_dict(state["scheduler"])
         step, best_map, history = state["step"], state["best_map"], state["history"]
         set_rng_state(state["rng"])
-    elif resume_path.exists():
-        raise ValueError(f"{out_dir} already holds a training run ({RESUME_FILE}); pass --resume or choose another --out")
     else:
         random.seed(settings.seed)
         np.random.seed(settings.seed)
