@@ -28,7 +28,14 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
-from icm.codec import CompressedImage, compress_image, decompress_image, load_codec, real_bpp  # noqa: E402
+from icm.codec import (  # noqa: E402
+    CompressedImage,
+    bits_per_pixel,
+    compress_image,
+    decompress_image,
+    load_codec,
+    real_bpp,
+)
 from icm.config import parse_args_with_config  # noqa: E402
 from icm.io import atomic_write_bytes, read_image_tensor, write_image  # noqa: E402
 
@@ -130,7 +137,7 @@ def compress_file(image: str | Path, output: str | Path, checkpoint: str | None 
     data = pack(compressed, header)
     atomic_write_bytes(output, data)
     return {"bytes": len(data), "payload_bytes": compressed.num_bytes, "bpp": real_bpp(compressed),
-            "file_bpp": len(data) * 8.0 / (x.shape[-2] * x.shape[-1]),
+            "file_bpp": bits_per_pixel(len(data), x.shape[-2], x.shape[-1]),
             "height": int(x.shape[-2]), "width": int(x.shape[-1])}
 
 

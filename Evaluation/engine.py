@@ -16,6 +16,7 @@ Detection keys name their protocol: ``map-coco:<det>`` (AP@[.5:.95]), ``ap50-coc
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -47,8 +48,9 @@ from Evaluation.image_codecs import (
     learned_from_checkpoint,
     learned_from_zoo,
 )
-from Evaluation.metrics import FidelityMeter, bpp, ms_ssim_8bit, psnr, to_8bit
-from icm.codec import ARCHITECTURES, BACKBONE_ALIASES, resolve_backbone
+from Evaluation.metrics import FidelityMeter, ms_ssim_8bit, psnr, to_8bit
+from icm.codec import ARCHITECTURES, BACKBONE_ALIASES, bits_per_pixel, resolve_backbone
+from icm.data import load_dataset
 from icm.data.records import DetectionDataset
 from icm.io import atomic_write_json, read_image_tensor, read_json
 from icm.voc_eval import voc_map
@@ -63,25 +65,13 @@ def load_evaluation_dataset(name: str, split: str | None = None, root: str | os.
                             limit: int | None = None) -> DetectionDataset:
     """A dataset through :func:`icm.data.load_dataset`: ``voc``, ``coco``, ``oid``, ``toy``
     (any case), a dataset config, or a folder of images (no labels: rate and fidelity only;
-    also ``folder`` with ``root``). Keeps the first ``limit`` samples."""
+    also ``folder`` with ``root``); the first ``limit`` samples. No images is an error."""
     if name == "folder":
         if root is None:
             raise ValueError("--dataset folder needs --data_root DIR (the image folder)")
         name, root = str(root), None
-    try:
-        from icm.data import load_dataset
-    except ImportError:  # the data layer without its loader: plain folders still work
-        from icm.data.folder import read_image_folder
-
-        if not Path(name).is_dir():
-            raise
-        dataset = read_image_folder(name)
-    else:
-        kwargs = {k: v for k, v in (("split", split), ("root", root)) if v is not None}
-        dataset = load_dataset(name if Path(name).is_dir() else name.lower(), **kwargs)
-    if limit is not None and limit < len(dataset):
-        dataset = DetectionDataset(dataset.name, dataset.classes, dataset.samples[:limit],
-                                   class_ids=dataset.class_ids)
+    kwargs = {k: v for k, v in (("split", split), ("root", root)) if v is not None}
+    dataset = load_dataset(name, limit=limit, **kwargs)
     if not dataset.samples:
         raise ValueError(f"dataset {name!r}: no images to evaluate")
     return dataset
@@ -230,7 +220,7 @@ def evaluate_codec(
             _sync(device)
             t2 = time.perf_counter()
             x_hat = to_8bit(x_hat.to(device)).div_(255.0)  # what a decoder writes to disk
-            meter.update(bpp(num_bytes, height, width), psnr(x, x_hat), ms_ssim_8bit(x, x_hat), t1 - t0, t2 - t1)
+            meter.update(bits_per_pixel(num_bytes, height, width), psnr(x, x_hat), ms_ssim_8bit(x, x_hat), t1 - t0, t2 - t1)
             decoded.append(x_hat[0])
             bar.update(1)
         for name, detector in detectors.items():
@@ -372,20 +362,41 @@ def merge_points(records: list[dict[str, Any]]) -> dict[str, Any]:
     return curve
 
 
-def write_curve(out_dir: Path, codec: Any) -> dict[str, Any]:
-    """Rewrite ``OUT/<codec>.json`` from every finished point file of that codec."""
+def write_curve(out_dir: Path, codec: Any, settings: dict[str, Any] | None = None,
+                warn: bool = True) -> dict[str, Any]:
+    """Rewrite ``OUT/<codec>.json`` from the finished point files of that codec.
+
+    With ``settings`` (this run's point settings) only points made with the same settings,
+    the per-point ``codec`` description aside, enter the curve: a rerun into the same
+    ``--out`` with another dataset, ``--limit`` or detector list must not mix its points
+    with the old run's. ``warn``: say how many points were left out.
+    """
     name = result_name(codec)
-    records = []
+    wanted = None if settings is None else _curve_settings(settings)
+    records, skipped = [], 0
     for path in sorted((out_dir / "points").glob("*.json")):
         try:
             record = read_json(path)
         except ValueError:
             continue
-        if record.get("finished") and record.get("name") == name:
-            records.append(record)
+        if not (record.get("finished") and record.get("name") == name):
+            continue
+        if wanted is not None and _curve_settings(record.get("settings") or {}) != wanted:
+            skipped += 1
+            continue
+        records.append(record)
+    if skipped and warn:
+        warnings.warn(f"{curve_path(out_dir, codec)}: left out {skipped} point(s) of {name!r} in "
+                      f"{out_dir / 'points'} made with other settings", stacklevel=2)
     curve = merge_points(records)
     atomic_write_json(curve_path(out_dir, codec), curve)
     return curve
+
+
+def _curve_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings shared by every point of one curve (the per-point ``codec`` description
+    names the quality or checkpoint), as they read back from JSON (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in settings.items() if k != "codec"}))
 
 
 def is_finished(path: Path, settings: dict[str, Any]) -> bool:
@@ -398,7 +409,7 @@ def is_finished(path: Path, settings: dict[str, Any]) -> bool:
         return False
     if not record.get("finished"):
         return False
-    if record.get("settings") != settings:
+    if record.get("settings") != json.loads(json.dumps(settings)):
         warnings.warn(f"{path}: made with other settings; evaluating again", stacklevel=2)
         return False
     return True
@@ -427,6 +438,7 @@ def run_evaluation(
     device = torch.device(device)
     curves: list[Path] = []
     for spec in specs:
+        last = None
         for codec in iter_codecs(spec, device, metric=metric, estimate=estimate, backbone=backbone):
             path = point_path(out_dir, codec)
             point_settings = {**settings, "codec": codec.description}
@@ -443,9 +455,12 @@ def run_evaluation(
                 atomic_write_json(path, point_record(codec, evaluation, point_settings, groups))
                 if progress:
                     print(_one_line(codec, evaluation["results"]))
-            write_curve(out_dir, codec)
+            write_curve(out_dir, codec, point_settings, warn=False)  # the curve so far
+            last = codec, point_settings
             if curve_path(out_dir, codec) not in curves:
                 curves.append(curve_path(out_dir, codec))
+        if last is not None:  # once more, warning once about points of other runs left out
+            write_curve(out_dir, *last)
     return curves
 
 

@@ -42,7 +42,7 @@ if __package__ in (None, ""):
     # installed: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from icm.cli import exit_on_user_error, key_value, resolve_device  # noqa: E402
+from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device  # noqa: E402
 from icm.config import parse_args_with_config, save_run_config  # noqa: E402
 from icm.io import read_json  # noqa: E402
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seen_detectors", nargs="*", default=[], help="detectors of the model set (group 'seen')")
     p.add_argument("--unseen_detectors", nargs="*", default=[], help="detectors outside it (group 'unseen')")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
-                   help="local weights for a detector (repeatable; PATH 'none' = random init, for smoke "
+                   help="local weights for a detector (repeatable; PATH 'none' or 'random' = random init, for smoke "
                    "tests); others use their default weights")
     p.add_argument("--mask_annotations", default=None,
                    help="COCO instances JSON with segmentations, for mask AP of mask_rcnn")
@@ -119,20 +119,6 @@ def split_names(items) -> list[str]:
     return [n.strip() for item in items or [] for n in str(item).split(",") if n.strip()]
 
 
-def detector_weights(items) -> dict[str, str]:
-    """``--weights`` as {name: path}; config files may give a list of NAME=PATH or a mapping."""
-    if isinstance(items, dict):
-        return {str(k): str(v) for k, v in items.items()}
-    out = {}
-    for item in items or []:
-        if isinstance(item, dict):
-            out.update({str(k): str(v) for k, v in item.items()})
-            continue
-        name, path = key_value(item) if isinstance(item, str) else item
-        out[name] = path
-    return out
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     import torch
@@ -155,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if unused:  # a config may hold the weights of every toy detector, evaluated or not
             print(f"warning: --weights for {sorted(unused)} unused (not in --detectors)", file=sys.stderr)
         for name in args.detectors:
-            weights = args.weights.get(name, "default")
-            weights = None if str(weights).lower() in ("none", "random") else weights
+            weights = args.weights.get(name, "default")  # None: random init (--weights NAME=none)
             detectors[name] = build_detector(name, classes=dataset.classes, weights=weights, device=str(device))
     mask_ground_truth = read_json(args.mask_annotations) if args.mask_annotations else None
 

@@ -1,4 +1,5 @@
-"""Rate and fidelity metrics: bpp from real payload bytes, PSNR and MS-SSIM on 8-bit images.
+"""Fidelity metrics: PSNR and MS-SSIM on 8-bit images, and the per-image meter of rate,
+fidelity and coding time (bpp itself: :func:`icm.codec.bits_per_pixel`).
 
 Fidelity is always measured on 8-bit-rounded images (what a decoder writes to disk)
 against the ORIGINAL image, as CompressAI's ``eval_model`` does.
@@ -53,11 +54,6 @@ def ms_ssim_8bit(original: torch.Tensor, decoded: torch.Tensor) -> float | None:
     if not ms_ssim_supported(a.shape[-2], a.shape[-1]):
         return None
     return ms_ssim(a, b, data_range=255.0).item()
-
-
-def bpp(num_bytes: int, height: int, width: int) -> float:
-    """Bits per pixel of a payload of ``num_bytes`` for an ``height`` x ``width`` image."""
-    return num_bytes * 8.0 / (height * width)
 
 
 @dataclass

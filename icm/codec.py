@@ -9,7 +9,8 @@ Everything the stages do with a learned codec goes through here:
   (``{"format": "icm-codec", "arch": ..., "state_dict": ..., ...}``), which loads with
   ``torch.load(weights_only=True)``; CompressAI's own training checkpoints and bare state
   dicts load too.
-* :func:`compress_image` / :func:`decompress_image` / :func:`real_bpp` - real bitstreams
+* :func:`compress_image` / :func:`decompress_image` / :func:`real_bpp` (through
+  :func:`bits_per_pixel`) - real bitstreams
   the way ``compressai.utils.eval_model`` makes them: zero padding, centred, to a multiple
   of 64; the rate counts the payload bytes over the ORIGINAL pixel count.
 """
@@ -369,10 +370,16 @@ def decompress_image(model: CompressionModel, compressed: CompressedImage) -> to
     return crop(out["x_hat"], compressed.pad).clamp_(0, 1)
 
 
+def bits_per_pixel(num_bytes: float, height: int, width: int) -> float:
+    """Bits per pixel of ``num_bytes`` bytes coding one ``height`` x ``width`` image (the one
+    bpp formula: learned codecs, JPEG/WebP and raw images alike)."""
+    return num_bytes * 8.0 / (height * width)
+
+
 def real_bpp(compressed: CompressedImage) -> float:
-    """Bits per pixel of the bitstream, over the ORIGINAL (unpadded) pixels."""
+    """Bits per pixel of the bitstream, over the ORIGINAL (unpadded) pixels (batch mean)."""
     height, width = compressed.image_size
-    return compressed.num_bytes * 8.0 / (height * width * compressed.num_images)
+    return bits_per_pixel(compressed.num_bytes, height, width) / compressed.num_images
 
 
 def estimated_bpp(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:

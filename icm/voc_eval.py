@@ -8,7 +8,9 @@ with a ``difficult`` box neither (ignored); difficult boxes do not count as posi
 Boxes are continuous xyxy pixel coordinates and IoU has no +1 pixel (as in pycocotools and
 torchvision); the data layer maps VOC's inclusive ``xmin..xmax`` to ``xmin - 1..xmax``, so a
 ground-truth box keeps the devkit's (+1) width and height. Classes without any non-difficult ground truth
-have no AP (None) and are left out of the mean.
+have no AP (None) and are left out of the mean; without any ground truth at all the mAP is None
+too (as the COCO protocol's in ``Evaluation/coco_eval.py``), so that means over detectors or
+datasets skip it instead of averaging in a 0.
 
 Used by the evaluation stage and, every epoch, by the detector trainer.
 """
@@ -23,9 +25,10 @@ import numpy as np
 
 @dataclass
 class VOCResult:
-    """mAP over classes with ground truth, and AP per class (None: no ground truth)."""
+    """mAP over classes with ground truth (None: no class has any), and AP per class
+    (None: no ground truth)."""
 
-    map: float
+    map: float | None
     ap_per_class: list[float | None]
     num_positives: list[int]
 
@@ -118,6 +121,7 @@ def voc_map(
 
     Ground truth dicts: ``boxes`` [N, 4], ``labels`` [N], optional ``difficult`` [N] (bool).
     Detection dicts: ``boxes`` [M, 4], ``scores`` [M], ``labels`` [M]. Arrays or tensors.
+    ``map`` is None when no image has a non-difficult ground-truth box.
     """
     if len(ground_truth) != len(detections):
         raise ValueError(f"{len(ground_truth)} ground-truth images but {len(detections)} detection lists")
@@ -142,7 +146,7 @@ def voc_map(
         aps.append(ap)
         positives.append(n)
     valid = [a for a in aps if a is not None]
-    return VOCResult(float(np.mean(valid)) if valid else 0.0, aps, positives)
+    return VOCResult(float(np.mean(valid)) if valid else None, aps, positives)
 
 
 def _as_numpy(record: dict, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

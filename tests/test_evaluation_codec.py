@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from Evaluation.codec import main, pack, unpack
-from icm.codec import build_codec, compress_image, decompress_image, save_codec_checkpoint
+from Evaluation.codec import compress_file, main, pack, unpack
+from icm.codec import (
+    bits_per_pixel,
+    build_codec,
+    compress_image,
+    decompress_image,
+    real_bpp,
+    save_codec_checkpoint,
+)
 from icm.io import read_image_tensor, write_image
 
 
@@ -45,6 +52,12 @@ def test_round_trip_matches_direct_coding(assets, tmp_path, capsys):
     assert compressed.strings == direct.strings  # the payload is CompressAI's own strings
     assert header["arch"]["quality"] == 2 and header["arch"]["backbone"] == "bmshj2018-hyperprior"
     assert (header["height"], header["width"]) == (50, 70) and header["source"]["file"] == "tiny.pth.tar"
+    again = tmp_path / "again.bin"
+    info = compress_file(image, again, str(ckpt))
+    assert info["bpp"] == real_bpp(direct) == pytest.approx(direct.num_bytes * 8 / (50 * 70))
+    assert info["file_bpp"] == bits_per_pixel(again.stat().st_size, 50, 70)
+    assert info["file_bpp"] == pytest.approx(again.stat().st_size * 8 / (50 * 70))
+    assert info["file_bpp"] > info["bpp"]  # the header costs bits
 
 
 def read_image_tensor_from(x):

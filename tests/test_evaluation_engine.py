@@ -1,6 +1,8 @@
 """The evaluation loop: real bpp against CompressAI's own eval code, the uncompressed upper
 bound, detection on decoded images, result files and resume."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from Evaluation.engine import (
 )
 from Evaluation.image_codecs import IdentityCodec, LearnedCodec, PillowCodec
 from Evaluation.metrics import PSNR_CAP_DB
-from icm.codec import build_codec
+from icm.codec import bits_per_pixel, build_codec
 from icm.data.records import DetectionDataset, DetectionSample
 from icm.detectors.base import Detector
 from icm.io import read_image_tensor, read_json
@@ -93,6 +95,7 @@ def test_jpeg_bpp_is_the_file_size(tmp_path):
     payload, num_bytes = codec.encode(read_image_tensor(paths[0])[None])
     r = evaluate_codec(codec, folder_dataset(paths, sizes), progress=False)["results"]
     assert r["bpp"] == pytest.approx(len(payload) * 8 / (48 * 80))
+    assert r["bpp"] == bits_per_pixel(len(payload), 48, 80)  # the one bpp formula, learned codecs' too
     assert 15 < r["psnr-rgb"] < 50
 
 
@@ -188,6 +191,46 @@ def test_result_files_curve_and_resume(tmp_path):
     with pytest.warns(UserWarning, match="other settings"):
         run_evaluation(specs[:1], dataset, {}, out, {"dataset": "other"}, progress=False)
     assert point.stat().st_mtime_ns != stamp
+
+
+def test_curve_keeps_only_points_of_this_runs_settings(tmp_path):
+    sizes = [(40, 48), (32, 40)]
+    paths = write_images(tmp_path, sizes)
+    out = tmp_path / "out"
+    run_evaluation([CodecSpec("pillow", "jpeg", [30, 80])], folder_dataset(paths, sizes), {}, out,
+                   {"dataset": "folder", "limit": None}, progress=False)
+    assert read_json(out / "jpeg.json")["qualities"] == [30, 80]
+    # a rerun into the same --out on the first image only, at other qualities
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_evaluation([CodecSpec("pillow", "jpeg", [30, 50])], folder_dataset(paths[:1], sizes[:1]), {}, out,
+                       {"dataset": "folder", "limit": 1}, progress=False)
+    left_out = [str(w.message) for w in caught if "left out" in str(w.message)]
+    assert len(left_out) == 1 and "left out 1 point(s) of 'jpeg'" in left_out[0]  # q80 of the old run
+    curve = read_json(out / "jpeg.json")
+    assert curve["qualities"] == [30, 50] and curve["settings"]["limit"] == 1
+    one_image = evaluate_codec(PillowCodec("jpeg", 30), folder_dataset(paths[:1], sizes[:1]), progress=False)
+    assert curve["results"]["bpp"][0] == one_image["results"]["bpp"]
+    assert (out / "points" / "jpeg-q80.json").is_file()  # old points stay on disk, out of the curve
+    # the same run again: nothing re-evaluated, no new warning about q30/q50
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_evaluation([CodecSpec("pillow", "jpeg", [30, 50])], folder_dataset(paths[:1], sizes[:1]), {}, out,
+                       {"dataset": "folder", "limit": 1}, progress=False)
+    assert not [w for w in caught if "other settings; evaluating again" in str(w.message)]
+    assert read_json(out / "jpeg.json")["qualities"] == [30, 50]
+
+
+def test_no_ground_truth_gives_no_map_in_either_protocol(tmp_path):
+    labelled = square_dataset(tmp_path, n=2)
+    unlabelled = DetectionDataset("squares", ["square"], [DetectionSample(s.id, s.image_path, s.width, s.height)
+                                                         for s in labelled.samples])
+    detectors = {"finder": SquareFinder(["square"]), "blind": SquareFinder(["square"], threshold=2.0)}
+    res = evaluate_codec(IdentityCodec(), unlabelled, detectors, progress=False,
+                         groups={"seen": ["finder"], "unseen": ["blind"]})["results"]
+    for protocol in ("map-coco", "map-voc07", "map-voc12"):
+        for key in ("finder", "blind", "seen-mean", "unseen-mean", "all-mean"):
+            assert res[f"{protocol}:{key}"] is None  # not 0.0: a mean over runs must skip it
 
 
 class MaskedSquareFinder(SquareFinder):

@@ -13,6 +13,17 @@ from icm.io import read_json
 if "eval_test_square_finder" not in available():
     register("eval_test_square_finder")(lambda classes=None, weights="default", device="cpu", **kw: SquareFinder(classes))
 
+PROBE_WEIGHTS = []  # the weights argument of each eval_test_weights_probe built
+
+
+def weights_probe(classes=None, weights="default", device="cpu", **kw):
+    PROBE_WEIGHTS.append(weights)
+    return SquareFinder(classes)
+
+
+if "eval_test_weights_probe" not in available():
+    register("eval_test_weights_probe")(weights_probe)
+
 
 def test_plain_folder_rate_and_fidelity_only(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
@@ -62,6 +73,21 @@ def test_labelled_toy_set_with_detector_groups_and_resume(tmp_path, capsys):
     assert main(["--config", str(run_cfg), "--codecs", "jpeg=10"]) == 0  # resume: finished point skipped
     assert (out / "points" / "jpeg-q10.json").stat().st_mtime_ns == stamp
     assert read_json(out / "jpeg.json")["qualities"] == [10, 60]
+
+
+def test_dataset_name_in_any_case_limit_and_random_init_weights(tmp_path):
+    root = make_toy_dataset(tmp_path / "toy", train=1, val=3, size=64, seed=0)
+    PROBE_WEIGHTS.clear()
+    out = tmp_path / "out"
+    argv = ["--dataset", "TOY", "--data_root", str(root), "--split", "val", "--limit", "2", "--codecs", "none",
+            "--detectors", "eval_test_weights_probe", "--weights", "eval_test_weights_probe=Random",
+            "--out", str(out), "--no_progress"]
+    assert main(argv) == 0
+    none = read_json(out / "none.json")
+    assert none["num_images"] == 2 and none["settings"]["limit"] == 2
+    assert none["settings"]["weights"] == {"eval_test_weights_probe": None}  # random init
+    assert PROBE_WEIGHTS == [None]  # what build_detector was given
+    assert 0.0 <= none["results"]["map-voc12:eval_test_weights_probe"][0] <= 1.0
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

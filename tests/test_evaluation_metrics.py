@@ -1,11 +1,11 @@
-"""PSNR, MS-SSIM and bpp helpers, and the per-image meter."""
+"""PSNR and MS-SSIM helpers, and the per-image meter."""
 
 import math
 
 import pytest
 import torch
 
-from Evaluation.metrics import PSNR_CAP_DB, FidelityMeter, bpp, ms_ssim_8bit, psnr, to_8bit
+from Evaluation.metrics import PSNR_CAP_DB, FidelityMeter, ms_ssim_8bit, psnr, to_8bit
 
 
 def test_psnr_of_one_level_everywhere_and_identical_images():
@@ -44,7 +44,3 @@ def test_meter_means_and_explicit_ms_ssim_note():
     only_small = FidelityMeter()
     only_small.update(1.0, 30.0, None, 0.0, 0.0)
     assert only_small.summary()["ms-ssim-rgb"] is None
-
-
-def test_bpp():
-    assert bpp(100, 20, 40) == pytest.approx(1.0)

@@ -60,6 +60,20 @@ def test_perfect_and_empty_detections():
     assert voc_map(GROUND_TRUTH, empty, 2).map == 0.0
 
 
+def test_no_ground_truth_gives_no_map_like_the_coco_protocol():
+    from Evaluation.coco_eval import coco_map
+
+    no_boxes = [{"boxes": np.zeros((0, 4)), "labels": []} for _ in DETECTIONS]
+    only_difficult = [{"boxes": [[0, 0, 10, 10]], "labels": [0], "difficult": [True]} for _ in DETECTIONS]
+    for gt in (no_boxes, only_difficult):
+        for use_07 in (True, False):
+            r = voc_map(gt, DETECTIONS, 3, use_07_metric=use_07)
+            assert r.map is None and r.ap_per_class == [None, None, None] and r.num_positives == [0, 0, 0]
+    coco_gt = {"images": [{"id": 1, "width": 80, "height": 80}], "annotations": [],
+               "categories": [{"id": 1, "name": "cat"}]}
+    assert coco_map(coco_gt, [])["map"] is None
+
+
 def test_average_precision_07_vs_12_differ_on_a_known_curve():
     recall, precision = np.array([0.25, 0.5, 0.75]), np.array([1.0, 0.5, 0.6])
     # VOC12: .25 * 1 + .25 * .6 + .25 * .6 = .55; VOC07: t 0..0.2 -> 1 (3x), 0.3..0.7 -> .6 (5x)

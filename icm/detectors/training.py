@@ -151,7 +151,7 @@ def training_targets(targets: list[dict[str, Any]], device: torch.device) -> lis
 
 
 @torch.no_grad()
-def evaluate_map50(detector: Detector, dataset: DetectionDataset, device: torch.device, batch_size: int = 8, num_workers: int = 0) -> float:
+def evaluate_map50(detector: Detector, dataset: DetectionDataset, device: torch.device, batch_size: int = 8, num_workers: int = 0) -> float | None:
     """VOC all-point mAP@0.5 of ``detector`` on ``dataset`` (in eval mode)."""
     loader = DataLoader(DetectionImageDataset(dataset), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_detection)
