@@ -11,6 +11,12 @@ halves of a pair; images smaller than the patch are zero-padded (as CompressAI's
 pads). Validation patches: the centre crop. The crop and flip of sample ``i`` in epoch
 ``e`` come from a generator seeded with ``(seed, e, i)``, so they do not depend on worker
 processes or on where training was resumed.
+
+Unreadable pairs (a truncated or corrupt PNG in a folder of thousands) do not stop a long
+run: the dataset marks the pair in :attr:`PairedImageDataset.unreadable`, a flag tensor in
+shared memory that DataLoader workers write and the trainer reads, and returns the next
+readable pair in its place. The trainer warns once per epoch and stops only when more than
+a small fraction of pairs turned out unreadable.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
-from icm.io import list_images, read_image_tensor, read_jsonl
+from icm.io import ImageReadError, list_images, read_image_tensor, read_jsonl
 
 MANIFEST_NAME = "manifest.jsonl"
+# An unreadable pair is replaced by the next one; this many unreadable in a row is an error.
+MAX_CONSECUTIVE_UNREADABLE = 8
+# Values of PairedImageDataset.unreadable: which half of a pair could not be read.
+READABLE, ORIGINAL_UNREADABLE, AUGMENTED_UNREADABLE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,11 @@ def pad_to_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class PairedImageDataset(Dataset):
-    """``(x, x_aug)`` float tensors ``[3, P, P]`` in [0, 1], cropped and flipped together."""
+    """``(x, x_aug)`` float tensors ``[3, P, P]`` in [0, 1], cropped and flipped together.
+
+    A pair with an unreadable image is flagged in ``unreadable`` and the next readable pair
+    is returned in its place (see the module docstring).
+    """
 
     def __init__(self, pairs: list[ImagePair], patch_size: int, train: bool = True, seed: int = 0) -> None:
         self.pairs = list(pairs)
@@ -119,6 +133,8 @@ class PairedImageDataset(Dataset):
         self.train = train
         self.seed = int(seed)
         self.epoch = 0
+        # Shared memory: flags set in DataLoader worker processes are seen by the main process.
+        self.unreadable = torch.zeros(len(self.pairs), dtype=torch.uint8).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose crops and flips ``__getitem__`` returns."""
@@ -141,8 +157,35 @@ class PairedImageDataset(Dataset):
             )
         return x, x_aug
 
+    def unreadable_path(self, index: int) -> Path:
+        """The image of pair ``index`` that could not be read (per its flag)."""
+        pair = self.pairs[index]
+        return pair.original if int(self.unreadable[index]) == ORIGINAL_UNREADABLE else pair.augmented
+
+    def unreadable_paths(self) -> list[Path]:
+        """The unreadable image of every pair flagged so far, in dataset order."""
+        return [self.unreadable_path(i) for i in self.unreadable.nonzero().flatten().tolist()]
+
+    def load_readable(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`load` of pair ``index``, or of the next readable pair when it is unreadable
+        (flagging it); :class:`ImageReadError` after ``MAX_CONSECUTIVE_UNREADABLE`` in a row."""
+        tried = []
+        for offset in range(min(MAX_CONSECUTIVE_UNREADABLE, len(self.pairs))):
+            candidate = (index + offset) % len(self.pairs)
+            if self.unreadable[candidate] == READABLE:
+                try:
+                    return self.load(candidate)
+                except ImageReadError as e:
+                    unreadable_original = str(e).startswith(f"{self.pairs[candidate].original}:")
+                    self.unreadable[candidate] = ORIGINAL_UNREADABLE if unreadable_original else AUGMENTED_UNREADABLE
+            tried.append(self.unreadable_path(candidate))
+        raise ImageReadError(
+            f"{tried[0]}: unreadable, and so are the next {len(tried) - 1} pairs (last: {tried[-1]}); "
+            "check the dataset"
+        )
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, x_aug = self.load(index)
+        x, x_aug = self.load_readable(index)
         both = torch.cat([x, x_aug]) if x_aug is not x else x
         size = self.patch_size
         both = pad_to_size(both, size, size)

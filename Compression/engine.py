@@ -1,5 +1,6 @@
-"""Training pieces for stage two: optimisers, one train step, validation, RNG state and
-the distributed (torchrun) plumbing. The loop itself lives in ``train_compression.py``.
+"""Training pieces for stage two: optimisers, one train step, validation, one-line data
+loader worker errors, RNG state and the distributed (torchrun) plumbing. The loop itself
+lives in ``train_compression.py``.
 
 The recipe follows CompressAI's ``examples/train.py``: Adam on every parameter except the
 entropy bottlenecks' ``quantiles``, a second Adam on those driven by ``aux_loss()``,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +76,7 @@ def evaluate(
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=device, dtype=torch.float64)
-    for x, x_aug in loader:
+    for x, x_aug in batches(loader):
         x, x_aug = x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True)
         losses = criterion(unwrap(model)(x), x, x_aug)
         for key, value in losses.items():
@@ -88,6 +90,45 @@ def evaluate(
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
+
+
+def one_line_worker_error(error: Exception) -> Exception:
+    """``error`` as raised in the DataLoader worker, without the worker traceback that torch
+    puts into the message ("Caught X in DataLoader worker process 0. Original Traceback ...");
+    ``error`` itself when it did not come from a worker."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return error
+    # The traceback ends with "<module>.<Type>: <original message>".
+    for line in reversed(text.splitlines()):
+        prefix, separator, message = line.partition(": ")
+        if separator and not line.startswith(" ") and prefix.rsplit(".", 1)[-1] == type(error).__name__:
+            try:
+                return type(error)(message)
+            except Exception:  # noqa: BLE001 - a type that takes other arguments: keep torch's
+                return error
+    return error
+
+
+def batches(loader: Iterable) -> Iterator:
+    """The batches of ``loader``; an error in a worker process is re-raised with its own
+    one-line message (see :func:`one_line_worker_error`)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as e:
+            if "Original Traceback" not in str(e):
+                raise
+            # torch leaves the failed iterator in a reference cycle, and shutting its workers
+            # down from the garbage collector waits 5 s per worker: stop them now.
+            shutdown_workers = getattr(iterator, "_shutdown_workers", None)
+            if shutdown_workers is not None:
+                shutdown_workers()
+            raise one_line_worker_error(e) from e
+        yield batch
 
 
 # ----------------------------------------------------------------------------- RNG state

@@ -10,9 +10,14 @@ The codec encodes the original image and is trained towards
 the CompressAI zoo weights for ``--backbone``/``--quality`` (default), from a local codec
 (``--checkpoint``: a fine-tune, fresh optimisers and counters) or from scratch
 (``--no-pretrained``, ``--N``/``--M`` for small codecs). ``--resume`` continues a run
-exactly: model, both optimisers, scheduler, epoch, step, data order and RNG states.
+exactly: model, both optimisers, scheduler, epoch, step, data order and RNG states, with the
+run's own settings (``RESUMED_FLAGS``: lambda, beta, metric, quality, architecture, seed, ...)
+and by default in the checkpoint's folder; a flag given that disagrees with them is an error.
 Outputs in ``--save_dir``: ``last.pth.tar``, ``best.pth.tar`` (lowest validation loss),
 ``log.jsonl``, ``tensorboard/``, ``config.yaml``, ``environment.yaml``.
+
+Unreadable images are skipped (the next pair stands in), with one warning per epoch naming
+them; more than ``--max_unreadable_fraction`` of a dataset unreadable stops the run.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from Compression.datasets import (  # noqa: E402
 )
 from Compression.engine import (  # noqa: E402
     DistributedContext,
+    batches,
     capture_rng_state,
     configure_optimizers,
     evaluate,
@@ -61,13 +67,24 @@ from icm.codec import (  # noqa: E402
     build_codec,
     lambda_for,
     load_codec,
+    read_checkpoint,
     resolve_backbone,
     save_codec_checkpoint,
 )
 from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain  # noqa: E402
-from icm.io import append_jsonl  # noqa: E402
+from icm.io import ImageReadError, append_jsonl  # noqa: E402
 
 MS_SSIM_MIN_PATCH = 161  # pytorch_msssim's 5-scale MS-SSIM needs more than 160 px
+
+# What a resumed run takes from its checkpoint's config: the flags that define the run and
+# its exact continuation. The others (epochs, max_steps, device, workers, logging, dataset
+# paths, save_dir) may change on resume.
+RESUMED_FLAGS = (
+    "backbone", "quality", "metric", "lmbda", "beta", "N", "M", "arch_kwargs",
+    "seed", "batch_size", "patch_size", "val_fraction", "lr", "aux_lr", "clip_max_norm", "scheduler",
+)
+# Keys of a checkpoint that --resume needs (a codec asset has only format/arch/state_dict).
+RESUME_KEYS = ("optimizer", "aux_optimizer", "rng", "epoch", "epoch_step", "step", "lambda", "beta", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch_size", type=int, default=16, help="batch size per process")
     data.add_argument("--val_batch_size", type=int, default=None, help="validation batch size (None: --batch_size)")
     data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes")
+    data.add_argument("--max_unreadable_fraction", type=float, default=0.01,
+                      help="skip unreadable image pairs (warning once per epoch) up to this share of a "
+                           "dataset; beyond it, stop")
 
     model = p.add_argument_group("model")
     model.add_argument("--backbone", default="bmshj2018",
@@ -97,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                        help="start from the zoo weights (None: yes, unless --checkpoint/--resume/--N/--M)")
     model.add_argument("--checkpoint", help="start from this codec checkpoint (fine-tune, not a resume)")
-    model.add_argument("--resume", help="continue the run saved in this checkpoint exactly")
+    model.add_argument("--resume",
+                       help="continue the run saved in this training checkpoint exactly, with its settings "
+                            "(lambda, beta, metric, quality, architecture, seed, batch and patch size, lr) "
+                            "and by default in its folder")
     model.add_argument("--N", type=int, default=None, help="channels N of a from-scratch codec")
     model.add_argument("--M", type=int, default=None, help="latent channels M of a from-scratch codec")
     model.add_argument("--arch_kwargs", type=key_value, nargs="*", default=[], metavar="NAME=INT",
@@ -120,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("output")
     out.add_argument("--save_dir", default=None,
-                     help="output folder (None: Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
+                     help="output folder (None: the --resume checkpoint's folder, else "
+                          "Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
     out.add_argument("--log_every", type=int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
     out.add_argument("--save_every", type=int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
     out.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
@@ -150,14 +174,57 @@ def default_save_dir(args: argparse.Namespace) -> Path:
     return REPO_ROOT / "Compression" / "checkpoints" / name
 
 
+def explicit_flags(argv: list[str], args: argparse.Namespace) -> set[str]:
+    """Flags the user set: given on the command line (``argv``) or by ``--config`` (a value
+    other than the parser's own default)."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    on_command_line = set(vars(probe.parse_known_args(argv)[0]))
+    defaults = {a.dest: a.default for a in build_parser()._actions if a.dest != "help"}
+    from_config = {k for k, default in defaults.items() if getattr(args, k, default) != default}
+    return on_command_line | from_config
+
+
+def read_resume_checkpoint(path: str) -> dict:
+    """The training checkpoint ``path`` with everything ``--resume`` needs, or a one-line error."""
+    checkpoint = read_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if "optimizer" in missing or "aux_optimizer" in missing:
+        raise ValueError(f"{path} is not a resumable stage-two checkpoint (no optimiser state); "
+                         "use --checkpoint to fine-tune from it")
+    if missing or not isinstance(checkpoint["config"], dict):
+        raise ValueError(f"{path} is not a resumable stage-two checkpoint (lacks {', '.join(missing) or 'config'}); "
+                         "use --checkpoint to fine-tune from it")
+    return checkpoint
+
+
+def resumed_args(args: argparse.Namespace, checkpoint: dict, explicit: set[str]) -> argparse.Namespace:
+    """``args`` with the run-defining flags (``RESUMED_FLAGS``) taken from the checkpoint's
+    config; a flag in ``explicit`` whose value disagrees is a one-line ValueError."""
+    stored = {**checkpoint["config"], "lmbda": checkpoint["lambda"], "beta": checkpoint["beta"]}
+    options = {a.dest: a.option_strings[0] for a in build_parser()._actions if a.option_strings}
+    resumed = argparse.Namespace(**vars(args))
+    for key in RESUMED_FLAGS:
+        if key not in stored:
+            continue
+        given, kept = to_plain(getattr(args, key)), to_plain(stored[key])
+        if key == "backbone":
+            given, kept = resolve_backbone(given), resolve_backbone(kept)
+        same = given == kept or (isinstance(given, float) and isinstance(kept, float) and math.isclose(given, kept))
+        if key in explicit and not same:
+            raise ValueError(f"{options[key]} {given} disagrees with {args.resume}, which was trained with {kept}: "
+                             "drop the flag to resume, or use --checkpoint to fine-tune with new settings")
+        setattr(resumed, key, stored[key])
+    return resumed
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Reject flag combinations that cannot work, with one line each."""
     resolve_backbone(args.backbone)
     lambda_for(args.quality, args.metric)  # validates quality and metric
     if args.metric == "ms-ssim" and args.patch_size < MS_SSIM_MIN_PATCH:
         raise ValueError(f"--metric ms-ssim needs --patch_size >= {MS_SSIM_MIN_PATCH} (5-scale MS-SSIM)")
-    if args.checkpoint and args.resume:
-        raise ValueError("--checkpoint starts a new fine-tune, --resume continues a run: give one")
     if args.pretrained and (args.checkpoint or args.resume):
         raise ValueError("--pretrained conflicts with --checkpoint/--resume (they bring their own weights)")
     if args.pretrained and (args.N or args.M or args.arch_kwargs):
@@ -165,13 +232,15 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("patch_size", "batch_size", "epochs", "log_every"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1")
+    if not 0.0 <= args.max_unreadable_fraction <= 1.0:
+        raise ValueError("--max_unreadable_fraction must lie in [0, 1]")
 
 
-def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict | None]:
-    """The codec to train, its ``arch`` record, and the checkpoint dict when resuming."""
-    if args.resume:
-        model, checkpoint = load_codec(args.resume, backbone=args.backbone, quality=args.quality)
-        return model, dict(checkpoint["arch"]), checkpoint
+def build_model(args: argparse.Namespace, resumed: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """The codec to train and its ``arch`` record (``resumed``: the --resume checkpoint)."""
+    if resumed is not None:
+        model, _ = load_codec(args.resume)
+        return model, dict(resumed["arch"])
     if args.checkpoint:
         model, checkpoint = load_codec(args.checkpoint, backbone=args.backbone, quality=args.quality)
         backbone = checkpoint["arch"]["backbone"]
@@ -181,7 +250,7 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict |
         sizes = {k: v for k, v in sizes.items() if v is not None}
         model = build_codec(args.backbone, args.quality, metric=args.metric, pretrained=pretrained, **sizes)
         backbone = resolve_backbone(args.backbone)
-    return model, {"backbone": backbone, "quality": args.quality, "metric": args.metric}, None
+    return model, {"backbone": backbone, "quality": args.quality, "metric": args.metric}
 
 
 def load_pairs(args: argparse.Namespace) -> tuple[list, list]:
@@ -212,16 +281,51 @@ def make_loaders(args: argparse.Namespace, train_pairs: list, val_pairs: list,
     return train_loader, val_loader, sampler
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Run stage-two training as configured by ``args``; returns the final record."""
+def check_unreadable(dataset: PairedImageDataset, max_fraction: float) -> None:
+    """One-line :class:`ImageReadError` once more than ``max_fraction`` of ``dataset``'s pairs
+    turned out unreadable (under torchrun: of those this process has read)."""
+    count = int(dataset.unreadable.count_nonzero())
+    if count > max_fraction * len(dataset):
+        paths = dataset.unreadable_paths()
+        last = f" (last: {paths[-1]})" if count > 1 else ""
+        raise ImageReadError(f"{paths[0]}: {count} of {len(dataset)} image pairs are unreadable{last}, "
+                             f"more than --max_unreadable_fraction {max_fraction:g}; check the dataset")
+
+
+def warn_unreadable(paths: list[Path], reported: set[Path], total: int, epoch: int) -> None:
+    """One warning naming the unreadable images not reported yet (added to ``reported``)."""
+    new = [p for p in paths if p not in reported]
+    if not new:
+        return
+    reported.update(new)
+    shown = ", ".join(str(p) for p in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+    warnings.warn(f"epoch {epoch}: skipped {len(new)} unreadable image pair(s), the next pair stands in "
+                  f"({len(reported)} of {total} so far): {shown}", stacklevel=2)
+
+
+def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
+    """Run stage-two training as configured by ``args``; returns the final record.
+
+    ``explicit``: the flags the user set (see :func:`explicit_flags`), checked against the
+    run's own settings on ``--resume``; None: those whose value is not the parser default.
+    """
+    if args.checkpoint and args.resume:
+        raise ValueError("--checkpoint starts a new fine-tune, --resume continues a run: give one")
+    resumed = None
+    if args.resume:  # before check_args: the run's own settings are the ones to check
+        resumed = read_resume_checkpoint(args.resume)
+        args = resumed_args(args, resumed, explicit if explicit is not None else explicit_flags([], args))
     check_args(args)
     device = resolve_device(args.device)
-    save_dir = Path(args.save_dir) if args.save_dir else default_save_dir(args)
+    if args.save_dir:
+        save_dir = Path(args.save_dir)
+    else:  # a resumed run goes on where it was, never into another run's default folder
+        save_dir = Path(args.resume).parent if args.resume else default_save_dir(args)
     lmbda = args.lmbda if args.lmbda is not None else lambda_for(args.quality, args.metric)
     # Data and weights first, so a missing folder or zoo file leaves nothing written.
     train_pairs, val_pairs = load_pairs(args)
     seed_everything(args.seed)  # same initial weights on every rank
-    model, arch, resumed = build_model(args)
+    model, arch = build_model(args, resumed)
     if int(os.environ.get("RANK", 0)) == 0:
         # Before joining the process group: recording the environment imports ultralytics,
         # whose import calls dist.barrier() once a group exists (a rank-0-only deadlock).
@@ -253,6 +357,19 @@ def train(args: argparse.Namespace) -> dict:
         else:
             warnings.warn(f"{args.resume}: saved with {len(rng_states)} processes, resumed with "
                           f"{context.world_size}: RNG streams restart from the seed", stacklevel=2)
+
+    datasets = [train_loader.dataset] + ([val_loader.dataset] if val_loader is not None else [])
+    reported_unreadable: set[Path] = set()
+
+    def report_unreadable(finished_epoch: int) -> None:
+        """Warn (rank 0) about new unreadable images found on any rank, stop when there are
+        too many; collective (every rank calls it at the same point)."""
+        found = gather_objects([p for d in datasets for p in d.unreadable_paths()], context)
+        if context.is_main:
+            paths = sorted({p for rank_paths in found for p in rank_paths})
+            warn_unreadable(paths, reported_unreadable, sum(len(d) for d in datasets), finished_epoch)
+        for dataset in datasets:
+            check_unreadable(dataset, args.max_unreadable_fraction)
 
     writer = None
     if context.is_main:
@@ -315,36 +432,38 @@ def train(args: argparse.Namespace) -> dict:
         sampler.set_epoch(epoch)
         train_loader.dataset.set_epoch(epoch)
         sampler.start_index = epoch_step * args.batch_size
-        bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch}", disable=not context.is_main, leave=False)
-        wait_start = time.perf_counter()
-        for x, x_aug in train_loader:
-            last_log["data_wait"] += time.perf_counter() - wait_start
-            x, x_aug = x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True)
-            losses = train_step(ddp_model, criterion, x, x_aug, optimizer, aux_optimizer, args.clip_max_norm)
-            step += 1
-            epoch_step += 1
-            if val_loader is None:  # no validation set: the epoch's mean train loss stands in
-                epoch_loss_sum += losses["loss"].item()
-                epoch_loss_count += 1
-            bar.update(1)
-            if step % args.log_every == 0:
-                now = time.perf_counter()
-                record = {"split": "train", "epoch": epoch, "step": step,
-                          **{k: v.item() for k, v in losses.items()},
-                          "lr": optimizer.param_groups[0]["lr"],
-                          "data_wait_fraction": last_log["data_wait"] / max(now - last_log["time"], 1e-9),
-                          "time": now - start_time}
-                last_log = {"time": now, "data_wait": 0.0}
-                log(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", bpp=f"{record['bpp_loss']:.3f}",
-                                mse=f"{record['mse_loss']:.3g}")
-            if args.save_every and step % args.save_every == 0:
-                save(is_best=False)
-            if args.max_steps and step >= args.max_steps:
-                stopped = epoch_step < steps_per_epoch
-                break
+        # The context closes (clears) the bar on an error too, so the error line stands alone.
+        with tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch}",
+                  disable=not context.is_main, leave=False) as bar:
             wait_start = time.perf_counter()
-        bar.close()
+            for x, x_aug in batches(train_loader):
+                last_log["data_wait"] += time.perf_counter() - wait_start
+                check_unreadable(train_loader.dataset, args.max_unreadable_fraction)
+                x, x_aug = x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True)
+                losses = train_step(ddp_model, criterion, x, x_aug, optimizer, aux_optimizer, args.clip_max_norm)
+                step += 1
+                epoch_step += 1
+                if val_loader is None:  # no validation set: the epoch's mean train loss stands in
+                    epoch_loss_sum += losses["loss"].item()
+                    epoch_loss_count += 1
+                bar.update(1)
+                if step % args.log_every == 0:
+                    now = time.perf_counter()
+                    record = {"split": "train", "epoch": epoch, "step": step,
+                              **{k: v.item() for k, v in losses.items()},
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "data_wait_fraction": last_log["data_wait"] / max(now - last_log["time"], 1e-9),
+                              "time": now - start_time}
+                    last_log = {"time": now, "data_wait": 0.0}
+                    log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", bpp=f"{record['bpp_loss']:.3f}",
+                                    mse=f"{record['mse_loss']:.3g}")
+                if args.save_every and step % args.save_every == 0:
+                    save(is_best=False)
+                if args.max_steps and step >= args.max_steps:
+                    stopped = epoch_step < steps_per_epoch
+                    break
+                wait_start = time.perf_counter()
         if stopped:
             break
         # The checkpoint written now must say "start at the next epoch".
@@ -352,9 +471,11 @@ def train(args: argparse.Namespace) -> dict:
         epoch, epoch_step = epoch + 1, 0
         epoch_loss_sum, epoch_loss_count = 0.0, 0
         val_metrics = validate_and_save(True, epoch - 1, train_loss)
+        report_unreadable(epoch - 1)
 
     if stopped:  # mid-epoch: the scheduler only ever steps at epoch ends
         val_metrics = validate_and_save(False, epoch, epoch_loss_sum / max(epoch_loss_count, 1))
+        report_unreadable(epoch)
     final = {"split": "final", "epoch": epoch, "step": step, "best_loss": best_loss,
              "replica_max_difference": replica_max_difference(model, context),
              "time": time.perf_counter() - start_time, **{f"val_{k}": v for k, v in val_metrics.items()}}
@@ -367,9 +488,10 @@ def train(args: argparse.Namespace) -> dict:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``train_compression.py`` and the ``train-compression`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args_with_config(build_parser(), argv, "compression")
     try:
-        train(args)
+        train(args, explicit_flags(argv, args))
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

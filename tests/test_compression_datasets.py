@@ -5,14 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from Compression.datasets import (
+    MAX_CONSECUTIVE_UNREADABLE,
     PairedImageDataset,
     ResumableDistributedSampler,
     read_pairs,
     split_pairs,
 )
-from icm.io import read_image_tensor, write_image
+from icm.io import ImageReadError, read_image_tensor, write_image
 
 
 def toy_image(index: int, height: int = 80, width: int = 72) -> torch.Tensor:
@@ -28,6 +30,13 @@ def colour_shift(x: torch.Tensor) -> torch.Tensor:
     """The toy 'augmentation': red up, blue down (learnable by a codec's decoder)."""
     shift = torch.tensor([0.15, 0.0, -0.15]).view(3, 1, 1)
     return ((x + shift).clamp(0, 1) * 255).round() / 255
+
+
+def truncate(path: Path) -> Path:
+    """Cut an image file to half its bytes (a download or copy that stopped early)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
 
 
 def write_toy_stage_one(root: Path, count: int = 8, size: tuple[int, int] = (80, 72),
@@ -187,3 +196,40 @@ def test_resumable_sampler_continues_the_epoch_order():
     assert list(sampler) == full[4:] and len(sampler) == 6
     shards = [list(ResumableDistributedSampler(data, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == data
+
+
+def test_unreadable_pair_is_flagged_and_the_next_pair_stands_in(tmp_path):
+    root = write_toy_stage_one(tmp_path, count=5)
+    pairs = read_pairs(root)
+    bad_augmented = truncate(root / "images" / "img1.png")
+    bad_original = truncate(tmp_path / "originals" / "img3.png")
+    dataset = PairedImageDataset(pairs, 32, train=False)
+    assert all(torch.equal(u, v) for u, v in zip(dataset[1], dataset[2]))
+    assert all(torch.equal(u, v) for u, v in zip(dataset[3], dataset[4]))
+    assert dataset.unreadable.tolist() == [0, 2, 0, 1, 0]
+    assert dataset.unreadable_paths() == [bad_augmented, bad_original]
+    write_image(root / "images" / "img0.png", toy_image(0, 40, 40))
+    with pytest.raises(ValueError, match=r"img0.png: size \(40, 40\) differs"):  # a wrong pair: not skipped
+        dataset[0]
+
+
+def test_unreadable_flags_set_in_worker_processes_reach_the_main_process(tmp_path):
+    root = write_toy_stage_one(tmp_path, count=6, size=(32, 32))
+    bad = truncate(root / "images" / "img4.png")
+    dataset = PairedImageDataset(read_pairs(root), 32, train=False)
+    loader = DataLoader(dataset, batch_size=2, num_workers=2)
+    x, x_aug = torch.cat([b[0] for b in loader]), torch.cat([b[1] for b in loader])
+    assert x.shape == (6, 3, 32, 32) and torch.equal(x[4], x[5]) and torch.equal(x_aug[4], x_aug[5])
+    assert dataset.unreadable_paths() == [bad]
+
+
+def test_a_run_of_unreadable_pairs_is_a_one_line_error_naming_the_first(tmp_path):
+    root = write_toy_stage_one(tmp_path, count=MAX_CONSECUTIVE_UNREADABLE + 1, size=(32, 32))
+    for i in range(MAX_CONSECUTIVE_UNREADABLE):
+        truncate(root / "images" / f"img{i}.png")
+    dataset = PairedImageDataset(read_pairs(root), 32, train=False)
+    with pytest.raises(ImageReadError, match=r"img0.png: unreadable, and so are the next 7 pairs") as info:
+        dataset[0]
+    assert "\n" not in str(info.value)
+    assert dataset[1][0].shape == (3, 32, 32)  # from 1, the ninth pair is within reach
+    assert len(dataset.unreadable_paths()) == MAX_CONSECUTIVE_UNREADABLE

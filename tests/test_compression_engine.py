@@ -1,20 +1,26 @@
 """Tests for Compression.engine: optimiser split, train steps on toy pairs, RNG state."""
 
+import gc
 import random
+import time
 
 import numpy as np
 import pytest
 import torch
 from test_compression_datasets import colour_shift, toy_image
+from torch.utils.data import DataLoader, Dataset
 
 from Compression.engine import (
+    batches,
     capture_rng_state,
     configure_optimizers,
+    one_line_worker_error,
     restore_rng_state,
     train_step,
 )
 from Compression.losses import PseudoTargetLoss
 from icm.codec import build_codec
+from icm.io import ImageReadError
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +105,37 @@ def test_rng_state_round_trips_and_survives_weights_only_save(tmp_path):
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"][0])
     again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(3))
     assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+
+
+class FailingDataset(Dataset):
+    """Item 2 raises ``error`` (in whichever process loads it)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == 2:
+            raise self.error
+        return torch.full((2,), float(index))
+
+
+@pytest.mark.parametrize("error", [ImageReadError("/data/a b.png: cannot read image (truncated: x: y)"),
+                                   ValueError("b.png: size (40, 40) differs from its original")])
+def test_worker_errors_come_back_with_their_own_one_line_message(error):
+    # Iterated directly, torch would raise the same type with the worker's traceback in its message.
+    loader = DataLoader(FailingDataset(error), batch_size=1, num_workers=2)
+    seen = []
+    started = time.perf_counter()
+    with pytest.raises(type(error)) as info:
+        for batch in batches(loader):
+            seen.append(batch)
+    assert str(info.value) == str(error)
+    assert "Original Traceback" in str(info.value.__cause__)
+    del info
+    gc.collect()  # the workers are stopped already, not left to the collector (5 s each)
+    assert time.perf_counter() - started < 4.0
+    assert [b.tolist() for b in seen] == [[[0.0, 0.0]], [[1.0, 1.0]]]
+    assert one_line_worker_error(error) is error  # raised in this process: untouched

@@ -8,13 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compression_datasets import write_toy_stage_one
+from test_compression_datasets import toy_image, truncate, write_toy_stage_one
 
 from Compression import train_compression
+from Compression.datasets import read_pairs, split_pairs
 from icm import codec
-from icm.codec import compress_image, crop, decompress_image, load_codec, pad_to_multiple, real_bpp
-from icm.config import REPO_ROOT
-from icm.io import read_image_tensor, read_jsonl
+from icm.codec import (
+    compress_image,
+    crop,
+    decompress_image,
+    load_codec,
+    pad_to_multiple,
+    real_bpp,
+    save_codec_checkpoint,
+)
+from icm.config import REPO_ROOT, load_yaml
+from icm.io import read_image_tensor, read_jsonl, write_image
 
 SCRIPT = REPO_ROOT / "Compression" / "train_compression.py"
 
@@ -120,9 +129,76 @@ def one_line_error(capsys, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as info:
         train_compression.main(argv)
     assert info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ")
-    return err[-1]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+def test_resume_keeps_the_runs_settings_and_folder(toy_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_compression, "REPO_ROOT", tmp_path)  # where a default save_dir would go
+    run_flags = ("--quality", "2", "--beta", "0.5", "--lambda", "0.01", "--seed", "3")
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    train_compression.main(toy_args(toy_data, whole, "--max_steps", "4", *run_flags))
+    train_compression.main(toy_args(toy_data, run, "--max_steps", "2", *run_flags))
+    resume = str(run / "last.pth.tar")
+    # Only what may change, plus one setting repeated with the run's value: the rest
+    # (lambda, beta, seed, N/M, patch and batch size, lr) comes from the checkpoint.
+    plain = ["--dataset", str(toy_data), "--num_workers", "0", "--no-tensorboard", "--log_every", "1"]
+    assert train_compression.main([*plain, "--max_steps", "4", "--quality", "2", "--resume", resume]) == 0
+
+    assert not (tmp_path / "Compression").exists()  # into the run's folder, not a default one
+    last = torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert (last["step"], last["lambda"], last["beta"]) == (4, 0.01, 0.5)
+    assert last["config"]["seed"] == 3 and last["config"]["patch_size"] == 64 and last["config"]["max_steps"] == 4
+    assert load_yaml(run / "config.yaml")["beta"] == 0.5
+    expected, resumed = records(whole, "train"), records(run, "train")
+    for step in (3, 4):
+        assert resumed[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-5)
+
+    config = tmp_path / "beta.yaml"
+    config.write_text("compression:\n  beta: 0.7\n")
+    for conflict, message in ((["--beta", "1.0"], "--beta 1.0 disagrees with"),  # 1.0 is also the default
+                              (["--lambda", "0.02"], "--lambda 0.02 disagrees with"),
+                              (["--metric", "ms-ssim", "--patch_size", "256"], "--metric ms-ssim disagrees with"),
+                              (["--config", str(config)], "--beta 0.7 disagrees with")):
+        error = one_line_error(capsys, [*plain, "--resume", resume, *conflict])
+        assert message in error and f"{resume}, which was trained with" in error and "--checkpoint" in error
+    assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 4  # untouched
+
+
+def test_resume_from_a_codec_asset_says_to_fine_tune_instead(toy_data, tmp_path, capsys):
+    asset = tmp_path / "codec.pth.tar"
+    save_codec_checkpoint(asset, codec.build_codec("bmshj2018", 3, pretrained=False, N=32, M=48),
+                          {"backbone": "bmshj2018", "quality": 3, "metric": "mse"})
+    error = one_line_error(capsys, toy_args(toy_data, tmp_path / "run", "--resume", str(asset)))
+    assert error == (f"error: {asset} is not a resumable stage-two checkpoint (no optimiser state); "
+                     "use --checkpoint to fine-tune from it")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_images_are_skipped_with_one_warning_and_too_many_stop_the_run(tmp_path, capsys):
+    root = write_toy_stage_one(tmp_path, count=8, size=(64, 64))
+    train_pairs, _ = split_pairs(read_pairs(root), 0.25, seed=0)
+    bad = truncate(train_pairs[1].augmented)
+    with pytest.warns(UserWarning, match="unreadable") as warned:
+        train_compression.main(toy_args(root, tmp_path / "skip", "--max_steps", "3", "--num_workers", "2",
+                                        "--max_unreadable_fraction", "0.2"))
+    [message] = [str(w.message) for w in warned if "unreadable" in str(w.message)]
+    assert message == f"epoch 0: skipped 1 unreadable image pair(s), the next pair stands in (1 of 8 so far): {bad}"
+    assert records(tmp_path / "skip", "final")[3]["epoch"] == 1
+
+    error = one_line_error(capsys, toy_args(root, tmp_path / "stop", "--max_steps", "3", "--num_workers", "2"))
+    assert error == (f"error: {bad}: 1 of 6 image pairs are unreadable, more than --max_unreadable_fraction 0.01; "
+                     "check the dataset")
+
+    # A wrong pair (not an unreadable one) raised in a worker: its own line, not the worker's traceback.
+    write_image(train_pairs[2].augmented, toy_image(0, 40, 40))
+    error = one_line_error(capsys, toy_args(root, tmp_path / "mismatch", "--max_steps", "3", "--num_workers", "2",
+                                            "--max_unreadable_fraction", "0.2"))
+    assert error == (f"error: {train_pairs[2].augmented}: size (40, 40) differs from its original "
+                     f"{train_pairs[2].original} (64, 64)")
 
 
 def test_offline_zoo_weights_and_bad_flags_are_one_line_errors(toy_data, tmp_path, monkeypatch, capsys):
@@ -222,3 +298,15 @@ def test_console_script_entry_point_resolves_to_main():
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     module, attr = re.search(r'^train-compression = "([\w.]+):(\w+)"', pyproject, re.M).groups()
     assert getattr(importlib.import_module(module), attr) is train_compression.main
+
+
+def test_explicit_flags_are_those_on_the_command_line_or_in_the_config(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("compression:\n  lr: 0.002\n")
+    argv = ["--dataset", "d", "--beta", "1.0", "--config", str(config)]
+    args = train_compression.parse_args_with_config(train_compression.build_parser(), argv, "compression")
+    explicit = train_compression.explicit_flags(argv, args)
+    assert {"dataset", "beta", "lr", "config"} <= explicit  # beta at its default value, but given
+    assert not explicit & {"lmbda", "quality", "metric", "seed", "batch_size"}
+    args.quality = 5  # set in code, as a programmatic caller would: counts as explicit
+    assert "quality" in train_compression.explicit_flags([], args)
