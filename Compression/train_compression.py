@@ -49,14 +49,11 @@ from Compression.datasets import (  # noqa: E402
 from Compression.engine import (  # noqa: E402
     DistributedContext,
     batches,
-    capture_rng_state,
     configure_optimizers,
     evaluate,
     gather_objects,
     init_distributed,
     replica_max_difference,
-    restore_rng_state,
-    seed_everything,
     train_step,
     wrap_distributed,
 )
@@ -73,6 +70,7 @@ from icm.codec import (  # noqa: E402
 )
 from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain  # noqa: E402
 from icm.io import ImageReadError, append_jsonl  # noqa: E402
+from icm.rng import capture_rng_state, restore_rng_state, seed_everything  # noqa: E402
 
 MS_SSIM_MIN_PATCH = 161  # pytorch_msssim's 5-scale MS-SSIM needs more than 160 px
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +33,7 @@ from icm.data import DetectionDataset, DetectionImageDataset, collate_detection
 from icm.detectors.base import Detector, eval_mode
 from icm.detectors.weights import save_detector_checkpoint
 from icm.io import append_jsonl, atomic_torch_save
+from icm.rng import capture_rng_state, restore_rng_state, seed_everything
 from icm.voc_eval import voc_map
 
 # Family -> (optimiser, learning rate from scratch, weight decay) used when not given: the
@@ -164,28 +164,6 @@ def evaluate_map50(detector: Detector, dataset: DetectionDataset, device: torch.
     return voc_map(ground_truth, predictions, num_classes=len(dataset.classes)).map
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as plain data (``weights_only`` loadable)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def make_card(detector: Detector, dataset_name: str, step: int, epoch: int, val_map50: float | None, extra: dict | None = None) -> dict:
     """The record stored with a checkpoint: what was trained, on what, how far, how well."""
     return {
@@ -266,11 +244,9 @@ def train_detector(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best_map, history = state["step"], state["best_map"], state["history"]
-        set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
     else:
-        random.seed(settings.seed)
-        np.random.seed(settings.seed)
-        torch.manual_seed(settings.seed)
+        seed_everything(settings.seed)
 
     def save(name: str, val_map50: float | None) -> None:
         card = make_card(detector, train_set.name, step, step / steps_per_epoch, val_map50,
@@ -281,7 +257,7 @@ def train_detector(
         atomic_torch_save(resume_path, {
             "detector": detector.name, "model": detector.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "best_map": best_map,
-            "history": history, "rng": rng_state(), "settings": asdict(settings),
+            "history": history, "rng": capture_rng_state(), "settings": asdict(settings),
         })
 
     images = DetectionImageDataset(train_set)
