@@ -25,15 +25,6 @@ from icm.codec import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on an oversubscribed 2-core machine run 20-40x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_codec(seed: int = 0) -> ScaleHyperprior:
     torch.manual_seed(seed)
     model = build_codec("bmshj2018", quality=1, pretrained=False, N=32, M=48)

@@ -20,16 +20,6 @@ from icm.codec import build_codec
 from icm.io import ImageReadError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared, oversubscribed CPU two OpenMP threads spin against each other: measured
-    # 2 s per step instead of 0.05 s with one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_batch(count: int = 4, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.stack([toy_image(i, size, size) for i in range(count)])
     return x, torch.stack([colour_shift(img) for img in x])

@@ -28,15 +28,6 @@ from icm.io import read_image_tensor, read_jsonl, write_image
 SCRIPT = REPO_ROOT / "Compression" / "train_compression.py"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on an oversubscribed 2-core machine run 20-40x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory) -> Path:
     return write_toy_stage_one(tmp_path_factory.mktemp("toy"), count=8)

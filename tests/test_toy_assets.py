@@ -1,0 +1,89 @@
+"""The shipped toy assets (assets/toy, built by scripts/build_toy_assets.py): every checkpoint
+loads with ``weights_only=True`` through the code the CLIs use, and its card tells the truth."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from icm.config import REPO_ROOT
+from icm.data.toy import TOY_CLASSES
+
+# ICM_TOY_ASSETS checks a build made elsewhere (build_toy_assets.py --assets DIR).
+ASSET_DIR = Path(os.environ.get("ICM_TOY_ASSETS", REPO_ROOT / "assets" / "toy"))
+DETECTOR_ASSETS = sorted(ASSET_DIR.glob("toy_*.pt"))
+CODEC_ASSETS = sorted(ASSET_DIR.glob("codec_q*.pth.tar"))
+NO_ASSETS = "no toy assets built yet (python scripts/build_toy_assets.py)"
+
+
+def params(paths: list[Path]) -> list:
+    """One test per asset, or one skipped test when there is none."""
+    if not paths:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=NO_ASSETS))]
+    return [pytest.param(p, id=p.name) for p in paths]
+
+
+def read_card(asset: Path, stem: str) -> dict:
+    card_path = asset.with_name(f"{stem}.json")
+    assert card_path.is_file(), f"{asset.name} has no card {card_path.name}"
+    return json.loads(card_path.read_text())
+
+
+@pytest.mark.parametrize("asset", params(DETECTOR_ASSETS))
+def test_detector_asset_loads_and_matches_its_card(asset: Path) -> None:
+    from icm.detectors import build_detector, read_detector_checkpoint
+
+    name = asset.stem
+    card = read_card(asset, name)
+    checkpoint = read_detector_checkpoint(asset)  # torch.load(weights_only=True)
+    assert checkpoint is not None and checkpoint["name"] == name == card["name"]
+    detector = build_detector(name, weights=str(asset))  # what every CLI's --weights NAME=PATH does
+    assert list(detector.classes) == TOY_CLASSES == card["classes"]
+    assert card["val_map50"] >= 0.5, f"{name}: card reports mAP@0.5 {card['val_map50']}"
+    assert card["parameters"] == sum(p.numel() for p in detector.parameters())
+    assert card["file_size_bytes"] == asset.stat().st_size
+    assert card["steps"] > 0 and card["git_commit"]
+    stored = {k: v for k, v in checkpoint["state_dict"].items() if v.is_floating_point()}
+    assert stored and all(v.dtype == torch.float16 for v in stored.values())
+
+
+@pytest.mark.parametrize("asset", params(CODEC_ASSETS))
+def test_codec_asset_loads_and_codes(asset: Path) -> None:
+    from icm.codec import compress_image, decompress_image, lambda_for, load_codec, real_bpp
+
+    name = asset.name.removesuffix(".pth.tar")
+    card = read_card(asset, name)
+    model, checkpoint = load_codec(asset)  # weights_only=True, fresh CDFs
+    assert checkpoint["arch"]["backbone"] == "bmshj2018-hyperprior" == card["architecture"]["backbone"]
+    assert card["quality"] == checkpoint["arch"]["quality"] == int(name.removeprefix("codec_q"))
+    assert card["lambda"] == lambda_for(card["quality"], "mse")
+    assert math.isfinite(card["val_bpp"]) and card["val_bpp"] > 0
+    assert math.isfinite(card["val_psnr"]) and card["val_psnr"] > 15
+    assert card["file_size_bytes"] == asset.stat().st_size
+    # A real bitstream round trip of a smooth 64x64 image.
+    ramp = torch.linspace(0, 1, 64)
+    x = torch.stack([ramp.expand(64, 64), ramp.expand(64, 64).T, 0.5 * torch.ones(64, 64)]).unsqueeze(0)
+    compressed = compress_image(model, x)
+    x_hat = decompress_image(model, compressed)
+    assert x_hat.shape == x.shape and 0 < real_bpp(compressed) < 8
+    assert (x_hat - x).abs().mean() < 0.1
+
+
+def test_codec_cards_rate_grows_with_quality() -> None:
+    if len(CODEC_ASSETS) < 2:
+        pytest.skip("fewer than two toy codec qualities built")
+    cards = sorted((read_card(p, p.name.removesuffix(".pth.tar")) for p in CODEC_ASSETS), key=lambda c: c["quality"])
+    bpps, psnrs = [c["val_bpp"] for c in cards], [c["val_psnr"] for c in cards]
+    assert bpps == sorted(bpps) and psnrs == sorted(psnrs), f"bpp {bpps}, PSNR {psnrs} by quality"
+
+
+def test_assets_stay_small() -> None:
+    if not ASSET_DIR.is_dir():
+        pytest.skip(NO_ASSETS)
+    total = sum(p.stat().st_size for p in ASSET_DIR.iterdir())
+    assert total < 30e6, f"assets/toy holds {total / 1e6:.1f} MB (limit 30 MB)"
