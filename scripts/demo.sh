@@ -14,7 +14,7 @@ OUT=${DEMO_OUT:-runs/demo}
 IMAGES=${DEMO_IMAGES:-48}       # stage one: toy train images to augment
 STEPS=${DEMO_STEPS:-60}         # stage two: fine-tuning steps per (quality, beta)
 VAL=${DEMO_VAL:-100}            # evaluation: toy validation images
-QUALITIES=${DEMO_QUALITIES:-"1 2 3 4"}
+QUALITIES=${DEMO_QUALITIES:-"1 2 3"}
 SEEN=toy_yolov3,toy_faster_rcnn,toy_centernet
 
 missing=()

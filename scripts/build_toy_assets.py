@@ -1,0 +1,557 @@
+"""Build the toy world's shipped assets: the toy set, the toy detectors and the toy codec.
+
+    python scripts/build_toy_assets.py                      # everything still missing
+    python scripts/build_toy_assets.py --only toy_yolov8,codec --jobs 2
+    python scripts/build_toy_assets.py --only toy_fcos --minutes toy_fcos=20 --force
+
+Steps (each skipped when its asset already exists, unless ``--force``):
+
+1. ``data``: the synthetic toy set in ``data/toy`` (``icm.data.toy``).
+2. one step per toy detector: ``scripts/train_detector.py`` from scratch into
+   ``runs/toy_assets/<name>/``, then ``assets/toy/<name>.pt`` (our fp16 checkpoint, written
+   only when its validation mAP@0.5, re-measured on the shipped file, reaches ``--min_map``)
+   and the card ``assets/toy/<name>.json``.
+3. ``codec``: a ScaleHyperprior (bmshj2018-hyperprior, N=64, M=96) trained with
+   ``Compression/train_compression.py`` on the toy train images: the first (highest)
+   quality from scratch, each next one fine-tuned from the one before (as the CompressAI
+   zoo was trained). Assets ``assets/toy/codec_q<Q>.pth.tar`` (fp16 floats, fresh CDFs) and
+   cards ``codec_q<Q>.json`` with the real bitstream rate and PSNR on the toy val split.
+
+A step's budget is ``--steps NAME=N`` or else ``--minutes NAME=M`` turned into steps by a
+short timing run on this machine, under its current load. The plan is stored with the run,
+so an interrupted build resumes its trainings (``--resume``) with the same schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script without the package installed: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from icm.cli import exit_on_user_error, key_value  # noqa: E402
+from icm.config import REPO_ROOT, git_commit, parse_args_with_config, save_run_config  # noqa: E402
+from icm.io import atomic_torch_save, atomic_write_json, read_json, read_jsonl  # noqa: E402
+
+# Toy detectors: seen (stage one attacks them) first, then unseen; default batch size and
+# training minutes each (the two-stage and CenterNet models learn slowest on CPU).
+DETECTORS: dict[str, dict] = {
+    "toy_faster_rcnn": {"role": "seen", "batch_size": 16, "minutes": 28.0},
+    "toy_centernet": {"role": "seen", "batch_size": 32, "minutes": 28.0},
+    "toy_yolov3": {"role": "seen", "batch_size": 32, "minutes": 10.0},
+    "toy_yolov8": {"role": "unseen", "batch_size": 32, "minutes": 6.0},
+    "toy_fcos": {"role": "unseen", "batch_size": 16, "minutes": 15.0},
+    "toy_retinanet": {"role": "unseen", "batch_size": 16, "minutes": 15.0},
+    "toy_ssdlite": {"role": "unseen", "batch_size": 32, "minutes": 12.0},
+}
+CODEC_QUALITIES = (4, 3, 2, 1)  # trained in this order: highest lambda from scratch, then down
+CODEC_ARCH = {"backbone": "bmshj2018-hyperprior", "N": 64, "M": 96}
+CODEC_BATCH_SIZE = 16
+CODEC_LR_SCRATCH, CODEC_LR_FINETUNE = 1e-3, 3e-4
+CODEC_MINUTES_SCRATCH, CODEC_MINUTES_FINETUNE = 12.0, 5.0
+PID_FILE = "train.pid"
+CDF_BUFFERS = ("._quantized_cdf", "._cdf_length", "._offset")
+TIMING_STEPS = 8  # steps of the timing run (the first two are left out of the rate)
+VAL_METRIC = "VOC2012 all-point AP at IoU 0.5, mean over classes (icm.voc_eval.voc_map)"
+_print_lock = threading.Lock()
+
+
+def log(message: str) -> None:
+    """One timestamped line on stdout (safe from worker threads)."""
+    with _print_lock:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build_toy_assets.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config (top-level keys and a toy_assets: section)")
+    p.add_argument("--only", help="comma-separated steps to build: data, codec, or detector names "
+                   f"({', '.join(DETECTORS)}); default all")
+    p.add_argument("--force", action="store_true", help="rebuild the selected assets (and their runs) even when they exist")
+    p.add_argument("--steps", type=key_value, action="append", default=[],
+                   help="NAME=N training steps for a detector or codec_q<Q> (repeatable); overrides --minutes")
+    p.add_argument("--minutes", type=key_value, action="append", default=[],
+                   help="NAME=M training minutes (turned into steps by a timing run); defaults: "
+                   + ", ".join(f"{k}={v['minutes']:g}" for k, v in DETECTORS.items())
+                   + f", first codec {CODEC_MINUTES_SCRATCH:g}, others {CODEC_MINUTES_FINETUNE:g}")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--min_map", type=float, default=0.5, help="validation mAP@0.5 a detector needs to be shipped")
+    p.add_argument("--max_extensions", type=int, default=2,
+                   help="continuations of a detector run whose best mAP@0.5 is below --min_map")
+    p.add_argument("--extend_minutes", type=float, default=10.0, help="training minutes of each continuation")
+    p.add_argument("--qualities", default=",".join(map(str, CODEC_QUALITIES)),
+                   help="codec qualities (CompressAI MSE lambdas), highest first: it is trained from scratch")
+    p.add_argument("--data_root", default=str(REPO_ROOT / "data" / "toy"), help="toy set folder")
+    p.add_argument("--train_images", type=int, default=2000, help="toy training images")
+    p.add_argument("--val_images", type=int, default=300, help="toy validation images")
+    p.add_argument("--image_size", type=int, default=128, help="toy image side in pixels")
+    p.add_argument("--assets", default=str(REPO_ROOT / "assets" / "toy"), help="where the assets go")
+    p.add_argument("--runs", default=str(REPO_ROOT / "runs" / "toy_assets"), help="where the training runs go")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_for_other_build(run_dir: Path, name: str) -> None:
+    """Wait while another build's training of this run is alive (its ``train.pid``)."""
+    pid_path = run_dir / PID_FILE
+    if not pid_path.is_file():
+        return
+    pid = int(pid_path.read_text().strip() or 0)
+    if pid and pid != os.getpid() and pid_alive(pid):
+        log(f"{name}: training already running (pid {pid}); waiting for it")
+        while pid_alive(pid):
+            time.sleep(15)
+
+
+def run_logged(cmd: list[str], log_path: Path, threads: int, pid_path: Path | None = None) -> None:
+    """Run ``cmd`` with ``threads`` torch threads, output appended to ``log_path``; its pid
+    is kept in ``pid_path`` while it runs (so a second build waits instead of clashing)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if pid_path is not None:
+            pid_path.write_text(str(process.pid))
+        code = process.wait()
+    if pid_path is not None:
+        pid_path.unlink(missing_ok=True)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed with status {code}; see {log_path}")
+
+
+def seconds_per_step(records: list[dict], step_key: str, time_key: str) -> float:
+    """Training speed from a timing run's log lines (the first two steps are warm-up)."""
+    timed = [(r[step_key], r[time_key]) for r in records if step_key in r and time_key in r]
+    (s0, t0), (s1, t1) = timed[min(1, len(timed) - 2)], timed[-1]
+    return (t1 - t0) / max(1, s1 - s0)
+
+
+def wall_minutes(records: list[dict], time_key: str) -> float:
+    """Training minutes from a log whose clock restarts at every resume (sum of segments)."""
+    total, segment = 0.0, 0.0
+    for r in records:
+        if time_key not in r:
+            continue
+        if r[time_key] < segment:
+            total += segment
+        segment = r[time_key]
+    return round((total + segment) / 60, 2)
+
+
+@dataclass
+class Budget:
+    steps: dict[str, int]
+    minutes: dict[str, float]
+
+    def plan(self, name: str, default_minutes: float, time_one_step) -> dict:
+        """Steps for ``name``: given, or minutes over the measured seconds per step."""
+        if name in self.steps:
+            return {"steps": self.steps[name], "minutes_budget": None, "seconds_per_step": None}
+        minutes = self.minutes.get(name, default_minutes)
+        rate = time_one_step()
+        return {"steps": max(10, int(minutes * 60 / rate)), "minutes_budget": minutes, "seconds_per_step": round(rate, 3)}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_data(args: argparse.Namespace) -> None:
+    """Step 1: the toy set (a complete set with the same parameters is kept as is)."""
+    from icm.data.toy import make_toy_dataset
+
+    root = make_toy_dataset(args.data_root, train=args.train_images, val=args.val_images, size=args.image_size, seed=args.seed)
+    log(f"data: toy set ready at {root}")
+
+
+# ----------------------------------------------------------------------------- detectors
+
+
+def train_detector_cmd(name: str, args: argparse.Namespace, out: Path, batch_size: int, steps: int,
+                       val: bool = True, val_every: int = 1, init: str | None = None, lr: float | None = None) -> list[str]:
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_detector.py"), "--model", name,
+           "--dataset", "toy", "--data_root", args.data_root, "--weights", init or "none",
+           "--batch_size", str(batch_size), "--max_steps", str(steps), "--seed", str(args.seed),
+           "--val_split", "val" if val else "none", "--val_every", str(val_every),
+           "--log_every", "1" if not val else "10", "--checkpoint_every", "200", "--no_progress",
+           "--out", str(out)]
+    return cmd + (["--lr", str(lr)] if lr is not None else [])
+
+
+def train_stage(name: str, args: argparse.Namespace, stage_dir: Path, plan: dict) -> None:
+    """Run (or resume) one training of ``plan`` in ``stage_dir`` unless it has finished."""
+    if (stage_dir / "summary.json").is_file():
+        return
+    cmd = train_detector_cmd(name, args, stage_dir, plan["batch_size"], plan["steps"], val_every=plan["val_every"],
+                             init=plan.get("init"), lr=plan.get("lr"))
+    resume = (stage_dir / "resume.pt").is_file()
+    log(f"{name}: {'resuming' if resume else 'training'} {plan['steps']} steps at batch {plan['batch_size']}"
+        f"{' from ' + plan['init'] if plan.get('init') else ''} (log {stage_dir / 'train.log'})")
+    run_logged(cmd + (["--resume"] if resume else []), stage_dir / "train.log", args.threads, stage_dir / PID_FILE)
+
+
+def build_detector_asset(name: str, args: argparse.Namespace, budget: Budget) -> str:
+    """Step 2 for one detector: train (or resume) in its run folder; while the best validation
+    mAP@0.5 is below ``--min_map``, continue from the best checkpoint (``extend<k>/``, a warm
+    restart at a third of the peak rate, up to ``--max_extensions`` times); then ship it."""
+    from icm.detectors import read_detector_checkpoint
+    from icm.detectors.training import FAMILY_DEFAULTS
+
+    spec = DETECTORS[name]
+    run_dir = Path(args.runs) / name
+    wait_for_other_build(run_dir, name)
+    if args.force and (run_dir / "plan.json").is_file():
+        shutil.rmtree(run_dir)  # a run this script made (it holds our plan.json)
+    plan_path = run_dir / "plan.json"
+    if plan_path.is_file():
+        plan = read_json(plan_path)
+    else:
+        def time_one_step() -> float:
+            timing_dir = Path(args.runs) / "timing" / name
+            shutil.rmtree(timing_dir, ignore_errors=True)
+            run_logged(train_detector_cmd(name, args, timing_dir, spec["batch_size"], TIMING_STEPS, val=False),
+                       timing_dir.parent / f"{name}.log", args.threads)
+            rate = seconds_per_step(read_jsonl(timing_dir / "log.jsonl"), "step", "seconds")
+            shutil.rmtree(timing_dir)
+            log(f"{name}: {rate:.2f} s/step at batch {spec['batch_size']} ({args.threads} thread(s), current load)")
+            return rate
+
+        plan = {"batch_size": spec["batch_size"], **budget.plan(name, spec["minutes"], time_one_step)}
+        steps_per_epoch = math.ceil(args.train_images / plan["batch_size"])
+        plan["val_every"] = max(1, round(plan["steps"] / steps_per_epoch / 6))  # about six validations
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(plan_path, plan)
+    train_stage(name, args, run_dir, plan)
+    stages = [run_dir]
+    for k in range(1, args.max_extensions + 1):
+        best_map = read_json(stages[-1] / "summary.json")["best_map50"] or 0.0
+        if best_map >= args.min_map:
+            break
+        stage_dir = run_dir / f"extend{k}"
+        wait_for_other_build(stage_dir, name)
+        if (stage_dir / "plan.json").is_file():
+            extension = read_json(stage_dir / "plan.json")
+        else:
+            init = stages[-1] / "best.pt"
+            family = read_detector_checkpoint(init)["family"]
+            records = read_jsonl(stages[-1] / "log.jsonl")
+            rate = wall_minutes(records, "seconds") * 60 / max(1, read_json(stages[-1] / "summary.json")["steps"])
+            steps = max(10, int(args.extend_minutes * 60 / rate))
+            steps_per_epoch = math.ceil(args.train_images / plan["batch_size"])
+            extension = {"batch_size": plan["batch_size"], "steps": steps, "minutes_budget": args.extend_minutes,
+                         "seconds_per_step": round(rate, 3), "val_every": max(1, round(steps / steps_per_epoch / 4)),
+                         "init": str(init), "lr": FAMILY_DEFAULTS[family][1] / 3}
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stage_dir / "plan.json", extension)
+            log(f"{name}: best val mAP@0.5 {best_map:.4f} < {args.min_map}; extension {k}")
+        train_stage(name, args, stage_dir, extension)
+        stages.append(stage_dir)
+    return ship_detector(name, stages, plan, args)
+
+
+def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Namespace) -> str:
+    """Re-measure the best checkpoint of all stages as it will be shipped (fp16) and write
+    ``<name>.pt`` and its card ``<name>.json``."""
+    from icm.data import load_dataset
+    from icm.detectors import build_detector, read_detector_checkpoint
+    from icm.detectors.training import evaluate_map50
+
+    asset, card_path = Path(args.assets) / f"{name}.pt", Path(args.assets) / f"{name}.json"
+    summaries = [read_json(stage / "summary.json") for stage in stages]
+    best_stage = max(range(len(stages)), key=lambda i: summaries[i]["best_map50"] or 0.0)
+    run_dir = stages[best_stage]
+    best = run_dir / "best.pt"
+    checkpoint = read_detector_checkpoint(best)
+    detector = build_detector(name, weights=str(best))
+    val_set = load_dataset("toy", split="val", root=args.data_root)
+    map50 = evaluate_map50(detector, val_set, torch.device("cpu"), batch_size=16)
+    card = {
+        **checkpoint["card"],
+        "name": name,
+        "architecture": name,
+        "role": DETECTORS[name]["role"],
+        "classes": list(checkpoint["classes"]),
+        # Steps up to the shipped (best) checkpoint, earlier stages included.
+        "steps": sum(summary["steps"] for summary in summaries[:best_stage]) + checkpoint["card"]["steps"],
+        "stages": [{"steps": summary["steps"], "best_val_map50": summary["best_map50"],
+                    "lr": summary["settings"]["lr"], "init": "none" if i == 0 else f"best.pt of stage {i - 1}"}
+                   for i, summary in enumerate(summaries[: best_stage + 1])],
+        "batch_size": plan["batch_size"],
+        "epochs": round((sum(summary["steps"] for summary in summaries[:best_stage]) + checkpoint["card"]["steps"])
+                        * plan["batch_size"] / args.train_images, 2),
+        "minutes": round(sum(wall_minutes(read_jsonl(stage / "log.jsonl"), "seconds") for stage in stages[: best_stage + 1]), 2),
+        "val_map50": round(map50, 4),
+        "val_map50_training": checkpoint["card"].get("val_map50"),
+        "val_metric": VAL_METRIC,
+        "val_images": len(val_set),
+        "parameters": sum(p.numel() for p in detector.parameters()),
+        "dtype": "float16",
+        "git_commit": checkpoint["card"].get("git_commit") or git_commit(),
+    }
+    if map50 < args.min_map:
+        log(f"{name}: NOT shipped: val mAP@0.5 {map50:.4f} < {args.min_map} after {card['steps']} steps; "
+            f"continue with --only {name} --max_extensions {args.max_extensions + 1}")
+        return f"{name}: below target ({map50:.4f})"
+    atomic_torch_save(asset, {**checkpoint, "card": card})
+    card.update(file=asset.name, file_size_bytes=asset.stat().st_size, sha256=file_sha256(asset))
+    atomic_write_json(card_path, card)
+    log(f"{name}: shipped {asset} ({card['file_size_bytes'] / 1e6:.2f} MB), val mAP@0.5 {map50:.4f}, "
+        f"{card['steps']} steps, {card['minutes']} min")
+    return f"{name}: {map50:.4f}"
+
+
+# ----------------------------------------------------------------------------- codec
+
+
+def codec_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Plain image folders of the toy train and val images (links into the toy set)."""
+    from icm.data import load_dataset
+
+    folders = []
+    for split in ("train", "val"):
+        folder = Path(args.runs) / "codec_data" / split
+        samples = load_dataset("toy", split=split, root=args.data_root).samples
+        if not folder.is_dir() or len(list(folder.iterdir())) != len(samples):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for s in samples:
+                (folder / Path(s.image_path).name).symlink_to(Path(s.image_path).resolve())
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def train_codec_cmd(quality: int, args: argparse.Namespace, train_dir: Path, val_dir: Path | None,
+                    save_dir: Path, steps: int, init: str | None) -> list[str]:
+    cmd = [sys.executable, str(REPO_ROOT / "Compression" / "train_compression.py"),
+           "--dataset", str(train_dir), "--backbone", CODEC_ARCH["backbone"], "--quality", str(quality),
+           "--patch_size", str(args.image_size), "--batch_size", str(CODEC_BATCH_SIZE), "--num_workers", "0",
+           "--beta", "0", "--max_steps", str(steps), "--epochs", "100000", "--seed", str(args.seed),
+           "--no-tensorboard", "--save_every", "200", "--save_dir", str(save_dir)]
+    cmd += ["--val_dataset", str(val_dir), "--log_every", "10"] if val_dir else ["--val_fraction", "0", "--log_every", "1"]
+    if init is None:
+        cmd += ["--no-pretrained", "--N", str(CODEC_ARCH["N"]), "--M", str(CODEC_ARCH["M"]), "--lr", str(CODEC_LR_SCRATCH)]
+    else:
+        cmd += ["--checkpoint", init, "--lr", str(CODEC_LR_FINETUNE)]
+    return cmd
+
+
+def build_codec_assets(args: argparse.Namespace, budget: Budget) -> str:
+    """Step 3: the codec at each quality, highest first (scratch), each next fine-tuned down."""
+    qualities = [int(q) for q in args.qualities.split(",")]
+    train_dir, val_dir = codec_folders(args)
+    previous: Path | None = None
+    results = []
+    for quality in qualities:
+        name = f"codec_q{quality}"
+        asset = Path(args.assets) / f"{name}.pth.tar"
+        run_dir = Path(args.runs) / name
+        if asset.is_file() and not args.force:
+            log(f"{name}: {asset} exists; skipped")
+            previous = run_dir / "best.pth.tar" if (run_dir / "best.pth.tar").is_file() else asset
+            continue
+        wait_for_other_build(run_dir, name)
+        if args.force and (run_dir / "plan.json").is_file():
+            shutil.rmtree(run_dir)
+        init = None if previous is None else str(previous)
+        plan_path = run_dir / "plan.json"
+        if plan_path.is_file():
+            plan = read_json(plan_path)
+        else:
+            def time_one_step(quality=quality, init=init, name=name) -> float:
+                timing_dir = Path(args.runs) / "timing" / name
+                shutil.rmtree(timing_dir, ignore_errors=True)
+                run_logged(train_codec_cmd(quality, args, train_dir, None, timing_dir, TIMING_STEPS, init),
+                           timing_dir.parent / f"{name}.log", args.threads)
+                records = [r for r in read_jsonl(timing_dir / "log.jsonl") if r.get("split") == "train"]
+                rate = seconds_per_step(records, "step", "time")
+                shutil.rmtree(timing_dir)
+                log(f"{name}: {rate:.2f} s/step at batch {CODEC_BATCH_SIZE} ({args.threads} thread(s), current load)")
+                return rate
+
+            default = CODEC_MINUTES_SCRATCH if init is None else CODEC_MINUTES_FINETUNE
+            plan = {"init": init, "lr": CODEC_LR_SCRATCH if init is None else CODEC_LR_FINETUNE,
+                    **budget.plan(name, default, time_one_step)}
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(plan_path, plan)
+        records = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
+        if not any(r.get("split") == "final" for r in records):
+            cmd = train_codec_cmd(quality, args, train_dir, val_dir, run_dir, plan["steps"], plan["init"])
+            if (run_dir / "last.pth.tar").is_file():
+                for flag, takes_value in (("--no-pretrained", False), ("--N", True), ("--M", True), ("--checkpoint", True)):
+                    if flag in cmd:
+                        j = cmd.index(flag)
+                        del cmd[j : j + 1 + takes_value]
+                cmd += ["--resume", str(run_dir / "last.pth.tar")]
+            log(f"{name}: {'resuming' if '--resume' in cmd else 'training'} {plan['steps']} steps "
+                f"({'from scratch' if plan['init'] is None else 'fine-tuning ' + plan['init']}; log {run_dir / 'train.log'})")
+            run_logged(cmd, run_dir / "train.log", args.threads, run_dir / PID_FILE)
+        results.append(ship_codec(name, quality, run_dir, asset, plan, args))
+        previous = run_dir / "best.pth.tar"  # fp32: the next quality starts from the unrounded weights
+    return "; ".join(results) or "codec: all qualities exist"
+
+
+def codec_run_name(init: str) -> str:
+    """``codec_q4`` for ``runs/toy_assets/codec_q4/best.pth.tar`` or ``assets/toy/codec_q4.pth.tar``."""
+    path = Path(init)
+    return path.parent.name if path.name == "best.pth.tar" else path.name.removesuffix(".pth.tar")
+
+
+def ship_codec(name: str, quality: int, run_dir: Path, asset: Path, plan: dict, args: argparse.Namespace) -> str:
+    """Write the fp16 codec asset (fresh CDFs) and its card with the real rate and PSNR."""
+    from Evaluation.metrics import psnr
+    from icm.codec import (
+        CHECKPOINT_FORMAT,
+        compress_image,
+        decompress_image,
+        lambda_for,
+        load_codec,
+        real_bpp,
+    )
+    from icm.data import load_dataset
+    from icm.io import read_image_tensor
+
+    model, checkpoint = load_codec(run_dir / "best.pth.tar")
+    # Parameters in fp16; the entropy coders' CDF tables (a quarter of the file) are stored
+    # empty: load_codec rebuilds them with update(force=True), the same way at both ends.
+    parameters = {key for key, _ in model.named_parameters()}
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith(CDF_BUFFERS):
+            value = value.new_empty(0)
+        state[key] = value.half() if key in parameters else value
+    atomic_torch_save(asset, {"format": CHECKPOINT_FORMAT, "arch": dict(checkpoint["arch"]), "state_dict": state})
+
+    model, _ = load_codec(asset)  # measure the file exactly as the CLIs will load it
+    bpps, psnrs = [], []
+    for sample in load_dataset("toy", split="val", root=args.data_root).samples:
+        x = read_image_tensor(sample.image_path).unsqueeze(0)
+        compressed = compress_image(model, x)
+        bpps.append(real_bpp(compressed))
+        psnrs.append(psnr(x, decompress_image(model, compressed)))
+    records = read_jsonl(run_dir / "log.jsonl")
+    final = next(r for r in reversed(records) if r.get("split") == "final")
+    card = {
+        "name": name,
+        "architecture": dict(checkpoint["arch"]),
+        "quality": quality,
+        "lambda": lambda_for(quality, "mse"),
+        "metric": "mse",
+        "dataset": "toy",
+        "init": "scratch" if plan["init"] is None else f"fine-tuned from {codec_run_name(plan['init'])}",
+        "lr": plan["lr"],
+        "steps": final["step"],
+        "batch_size": CODEC_BATCH_SIZE,
+        "patch_size": args.image_size,
+        "minutes": wall_minutes(records, "time"),
+        "val_images": len(bpps),
+        "val_bpp": round(sum(bpps) / len(bpps), 4),
+        "val_psnr": round(sum(psnrs) / len(psnrs), 3),
+        "val_measure": "real bitstreams (icm.codec.compress_image/decompress_image, pad to 64), "
+                       "bpp and PSNR (8-bit RGB) averaged over images",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": "float16",
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "file": asset.name,
+        "file_size_bytes": asset.stat().st_size,
+        "sha256": file_sha256(asset),
+    }
+    atomic_write_json(asset.with_name(f"{name}.json"), card)
+    log(f"{name}: shipped {asset} ({card['file_size_bytes'] / 1e6:.2f} MB), {card['val_bpp']} bpp, "
+        f"{card['val_psnr']} dB, {card['steps']} steps, {card['minutes']} min")
+    return f"{name}: {card['val_bpp']} bpp {card['val_psnr']} dB"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def selected_steps(only: str | None) -> list[str]:
+    """The steps to run, in build order."""
+    everything = ["data", *DETECTORS, "codec"]
+    if not only:
+        return everything
+    wanted = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in everything]
+    if unknown:
+        raise ValueError(f"--only: unknown step(s) {', '.join(unknown)} (known: {', '.join(everything)})")
+    return [s for s in everything if s in wanted]
+
+
+def run_step(step: str, args: argparse.Namespace, budget: Budget) -> str:
+    try:
+        if step == "codec":
+            return build_codec_assets(args, budget)
+        asset = Path(args.assets) / f"{step}.pt"
+        if asset.is_file() and not args.force:
+            log(f"{step}: {asset} exists; skipped")
+            return f"{step}: exists"
+        return build_detector_asset(step, args, budget)
+    except Exception as e:  # noqa: BLE001 - one failed training must not stop the others
+        log(f"{step}: FAILED: {e}")
+        return f"{step}: failed ({e})"
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args_with_config(build_parser(), argv, "toy_assets")
+    steps = selected_steps(args.only)
+    budget = Budget({k: int(v) for k, v in args.steps}, {k: float(v) for k, v in args.minutes})
+    torch.set_num_threads(args.threads)
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    save_run_config(args.runs, args)
+    if "data" in steps:
+        build_data(args)
+    trainings = [s for s in steps if s != "data"]
+    # Longest first, so the short ones fill in around them; the codec chain runs as one job.
+    order = ["toy_faster_rcnn", "toy_centernet", "toy_yolov3", "codec", "toy_yolov8", "toy_fcos", "toy_retinanet", "toy_ssdlite"]
+    trainings.sort(key=order.index)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda s: run_step(s, args, budget), trainings))
+    for line in results:
+        log(f"result: {line}")
+    assets = sorted(Path(args.assets).glob("*")) if Path(args.assets).is_dir() else []
+    total = sum(p.stat().st_size for p in assets)
+    log(f"assets in {args.assets}: {len(assets)} files, {total / 1e6:.2f} MB")
+    return 0 if not any("failed" in r or "below" in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
