@@ -125,7 +125,9 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
     """A YAML value as the flag would have parsed it: strings (also inside lists) go
     through the flag's ``type``, list flags get lists, choices are checked."""
     if isinstance(value, dict):
-        return value
+        if not isinstance(action, argparse._AppendAction):
+            return value
+        value = [f"{k}={v}" for k, v in value.items()]  # a NAME: VALUE mapping for a NAME=VALUE flag
     if (action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)) and not isinstance(value, list):
         value = [value]
     items = value if isinstance(value, list) else [value]

@@ -75,6 +75,9 @@ def test_list_flags_accept_scalars_and_typed_items(tmp_path):
     cfg.write_text("meta_aafg:\n  typed: [a=1.pt, b=2.pt]\n  eps: [1/255, 0.5]\n")
     args = parse_args_with_config(p, ["--config", str(cfg)], "meta_aafg")
     assert args.typed == [("a", "1.pt"), ("b", "2.pt")]
+    cfg.write_text("meta_aafg:\n  typed: {a: 1.pt, b: 2.pt}\n")
+    args = parse_args_with_config(p, ["--config", str(cfg), "--typed", "c=3.pt"], "meta_aafg")
+    assert args.typed == [("a", "1.pt"), ("b", "2.pt"), ("c", "3.pt")]
     assert args.eps == [pytest.approx(1 / 255), 0.5]
 
 

@@ -85,7 +85,7 @@ def test_dataset_name_in_any_case_limit_and_random_init_weights(tmp_path):
     assert main(argv) == 0
     none = read_json(out / "none.json")
     assert none["num_images"] == 2 and none["settings"]["limit"] == 2
-    assert none["settings"]["weights"] == {"eval_test_weights_probe": None}  # random init
+    assert none["settings"]["weights"]["eval_test_weights_probe"] is None  # random init (beside the toy config's)
     assert PROBE_WEIGHTS == [None]  # what build_detector was given
     assert 0.0 <= none["results"]["map-voc12:eval_test_weights_probe"][0] <= 1.0
 
