@@ -32,7 +32,7 @@ CONFIG_DIR = Path(os.environ.get("ICM_CONFIG_DIR", REPO_ROOT / "configs"))
 TOY_CONFIG = CONFIG_DIR / "toy.yaml"
 SECTIONS = (
     "meta_aafg", "compression", "evaluation", "make_tables", "codec", "train_detector",
-    "make_toy_dataset", "toy_assets",
+    "make_toy_dataset", "toy_assets", "visualize",
 )
 
 

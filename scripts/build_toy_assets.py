@@ -48,14 +48,15 @@ from icm.config import REPO_ROOT, git_commit, parse_args_with_config, save_run_c
 from icm.io import atomic_torch_save, atomic_write_json, read_json, read_jsonl  # noqa: E402
 
 # Toy detectors: seen (stage one attacks them) first, then unseen; default batch size and
-# training minutes each (the two-stage and CenterNet models learn slowest on CPU).
+# training minutes each (the two-stage models learn slowest on CPU), and a peak learning
+# rate where the family default (icm.detectors.training.FAMILY_DEFAULTS) learns too slowly.
 DETECTORS: dict[str, dict] = {
     "toy_faster_rcnn": {"role": "seen", "batch_size": 16, "minutes": 28.0},
-    "toy_centernet": {"role": "seen", "batch_size": 32, "minutes": 28.0},
+    "toy_centernet": {"role": "seen", "batch_size": 32, "minutes": 12.0},
     "toy_yolov3": {"role": "seen", "batch_size": 32, "minutes": 10.0},
     "toy_yolov8": {"role": "unseen", "batch_size": 32, "minutes": 6.0},
     "toy_fcos": {"role": "unseen", "batch_size": 16, "minutes": 15.0},
-    "toy_retinanet": {"role": "unseen", "batch_size": 16, "minutes": 15.0},
+    "toy_retinanet": {"role": "unseen", "batch_size": 16, "minutes": 25.0, "lr": 2e-3},
     "toy_ssdlite": {"role": "unseen", "batch_size": 32, "minutes": 12.0},
 }
 CODEC_QUALITIES = (4, 3, 2, 1)  # trained in this order: highest lambda from scratch, then down
@@ -255,6 +256,8 @@ def build_detector_asset(name: str, args: argparse.Namespace, budget: Budget) ->
             return rate
 
         plan = {"batch_size": spec["batch_size"], **budget.plan(name, spec["minutes"], time_one_step)}
+        if "lr" in spec:
+            plan["lr"] = spec["lr"]
         steps_per_epoch = math.ceil(args.train_images / plan["batch_size"])
         plan["val_every"] = max(1, round(plan["steps"] / steps_per_epoch / 6))  # about six validations
         run_dir.mkdir(parents=True, exist_ok=True)

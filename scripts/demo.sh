@@ -1,64 +1,125 @@
 #!/usr/bin/env bash
-# The whole pipeline on the toy world, on CPU: stage one on a subset of the toy train split,
-# stage two fine-tuning of the toy codec at each toy quality with beta = 1 (MAA) and
-# beta = 0 (control), evaluation of anchor / control / MAA with the seen and unseen toy
-# detectors on toy validation images, then tables and plots in runs/demo/.
+# The whole pipeline on the toy world, on CPU:
+#   1. stage one (Meta-AAFG) on a subset of the toy train split, with the seen toy detectors;
+#   2. stage two: fine-tune the shipped toy codec at each quality with beta = 1 (MAA) and
+#      beta = 0 (control: the same fine-tuning towards the original images);
+#   3. evaluation of anchor (the shipped codec), control and MAA on toy validation images
+#      with the seen and unseen toy detectors (configs/toy.yaml), real bitstreams;
+#   4. tables (printed; BD-rate against the anchor and against the control) and plots, and
+#      a picture (Evaluation/visualize.py), all in $OUT.
 #
-# Needs the toy assets (assets/toy/, configs/toy.yaml): `python scripts/build_toy_assets.py`.
-# Sizes can be changed through the environment: DEMO_IMAGES, DEMO_STEPS, DEMO_VAL, DEMO_OUT.
+# Needs the toy assets (assets/toy/, shipped; rebuilt by scripts/build_toy_assets.py).
+# Sizes come from the environment (defaults: the few-minute demo):
+#   DEMO_IMAGES   stage-one images from the toy train split, or "all"      (48)
+#   DEMO_STEPS    stage-two fine-tuning steps per (quality, beta)          (60)
+#   DEMO_VAL      toy validation images evaluated, or "all"                (100)
+#   DEMO_QUALITIES toy codec qualities                                      ("1 2 3")
+#   DEMO_JOBS     processes at a time for stage one (shards) and stage two (1: progress bars
+#                 on the terminal; more: one log per process in $OUT/logs)  (1)
+#   DEMO_OUT      output folder                                            (runs/demo)
+# benchmarks/toy_benchmark.sh runs this at a larger scale. Every step resumes: a rerun skips
+# finished stage-one images, finished trainings and finished evaluation points.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-runs/demo}
-IMAGES=${DEMO_IMAGES:-48}       # stage one: toy train images to augment
-STEPS=${DEMO_STEPS:-60}         # stage two: fine-tuning steps per (quality, beta)
-VAL=${DEMO_VAL:-100}            # evaluation: toy validation images
+IMAGES=${DEMO_IMAGES:-48}
+STEPS=${DEMO_STEPS:-60}
+VAL=${DEMO_VAL:-100}
 QUALITIES=${DEMO_QUALITIES:-"1 2 3"}
-SEEN=toy_yolov3,toy_faster_rcnn,toy_centernet
+JOBS=${DEMO_JOBS:-1}
+CONFIG=configs/toy.yaml
 
 missing=()
-for f in configs/toy.yaml assets/toy/toy_yolov3.pt assets/toy/toy_faster_rcnn.pt assets/toy/toy_centernet.pt; do
+for f in "$CONFIG" assets/toy/toy_yolov3.pt assets/toy/toy_faster_rcnn.pt assets/toy/toy_centernet.pt \
+         assets/toy/toy_yolov8.pt; do
     [ -f "$f" ] || missing+=("$f")
 done
 for q in $QUALITIES; do
     [ -f "assets/toy/codec_q$q.pth.tar" ] || missing+=("assets/toy/codec_q$q.pth.tar")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "error: the toy assets are not built yet (missing: ${missing[*]})." >&2
-    echo "       Build them with: $PY scripts/build_toy_assets.py   (CPU, about an hour on 2 cores)" >&2
+    echo "error: toy assets missing: ${missing[*]}" >&2
+    echo "       build them with: $PY scripts/build_toy_assets.py   (CPU, about an hour on 2 cores)" >&2
     exit 1
 fi
 
 start=$(date +%s)
-step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+step() { echo; echo "== [$(( $(date +%s) - start )) s] $*"; }
+mkdir -p "$OUT/logs"
 
-step "stage one: Meta-AAFG on $IMAGES toy train images"
-$PY MetaAAFG/train_meta_aafg.py --config configs/toy.yaml --dataset toy --split train \
-    --limit "$IMAGES" --batch_size 16 --save_path "$OUT/augmented_data"
+# run_all NAME CMD... per line of stdin ("name|command"): at most $JOBS at a time. With one
+# job the command's progress goes to the terminal; otherwise to $OUT/logs/NAME.log, with a
+# line when each starts and ends. Fails (after the others finish) when any command fails.
+run_all() {
+    local failed=0 running=0 name cmd
+    local -a names=() pids=()
+    while IFS='|' read -r name cmd; do
+        if [ "$JOBS" -le 1 ]; then
+            bash -c "$cmd" || { echo "error: $name failed" >&2; return 1; }
+            continue
+        fi
+        echo "   started $name (log $OUT/logs/$name.log)"
+        OMP_NUM_THREADS=1 bash -c "$cmd" > "$OUT/logs/$name.log" 2>&1 &
+        names+=("$name"); pids+=($!); running=$((running + 1))
+        if [ "$running" -ge "$JOBS" ]; then
+            wait "${pids[0]}" && echo "   finished ${names[0]}" || { echo "error: ${names[0]} failed; see $OUT/logs/${names[0]}.log" >&2; failed=1; }
+            names=("${names[@]:1}"); pids=("${pids[@]:1}"); running=$((running - 1))
+        fi
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" && echo "   finished ${names[$i]}" || { echo "error: ${names[$i]} failed; see $OUT/logs/${names[$i]}.log" >&2; failed=1; }
+    done
+    return $failed
+}
+
+limit=()
+[ "$IMAGES" = all ] || limit=(--limit "$IMAGES")
+step "stage one: Meta-AAFG on ${IMAGES} toy train images (seen: the toy config's model set), $JOBS process(es)"
+for ((i = 0; i < JOBS; i++)); do
+    echo "stage_one_shard$i|$PY MetaAAFG/train_meta_aafg.py --config $CONFIG --dataset toy --split train ${limit[*]} --batch_size 16 --shard $i/$JOBS --save_path $OUT/augmented_data"
+done | run_all
 
 maa=() control=() anchor=()
 for q in $QUALITIES; do
-    for beta in 1 0; do
-        name=$([ "$beta" = 1 ] && echo maa || echo control)
-        step "stage two: quality $q, beta $beta ($name), $STEPS steps"
-        $PY Compression/train_compression.py --config configs/toy.yaml --dataset "$OUT/augmented_data" \
-            --checkpoint "assets/toy/codec_q$q.pth.tar" --quality "$q" --beta "$beta" \
-            --max_steps "$STEPS" --save_dir "$OUT/codecs/${name}_q$q"
-    done
     maa+=("$OUT/codecs/maa_q$q/last.pth.tar")
     control+=("$OUT/codecs/control_q$q/last.pth.tar")
     anchor+=("assets/toy/codec_q$q.pth.tar")
 done
+step "stage two: fine-tune the toy codec at qualities $QUALITIES with beta 1 (MAA) and 0 (control), $STEPS steps each"
+for q in $QUALITIES; do
+    for beta in 1 0; do
+        name=$([ "$beta" = 1 ] && echo maa || echo control)_q$q
+        start_from="--checkpoint assets/toy/codec_q$q.pth.tar --quality $q --beta $beta"
+        [ -f "$OUT/codecs/$name/last.pth.tar" ] && start_from="--resume $OUT/codecs/$name/last.pth.tar"
+        # --max_steps ends the run; --epochs only has to be larger than it can take.
+        echo "$name|$PY Compression/train_compression.py --config $CONFIG --dataset $OUT/augmented_data $start_from --epochs 100000 --max_steps $STEPS --save_dir $OUT/codecs/$name"
+    done
+done | run_all
 join() { local IFS=,; echo "$*"; }
 
-step "evaluation: anchor, control, MAA on $VAL toy validation images"
-$PY Evaluation/evaluate.py --config configs/toy.yaml --dataset toy --split val --limit "$VAL" \
-    --codecs "toy_base=$(join "${anchor[@]}")" "control=$(join "${control[@]}")" "maa=$(join "${maa[@]}")" \
+val_limit=()
+[ "$VAL" = all ] || val_limit=(--limit "$VAL")
+step "evaluation: anchor, control and MAA on ${VAL} toy validation images, seen and unseen detectors"
+$PY Evaluation/evaluate.py --config "$CONFIG" --dataset toy --split val "${val_limit[@]}" \
+    --codecs "anchor=$(join "${anchor[@]}")" "control=$(join "${control[@]}")" "maa=$(join "${maa[@]}")" \
     --out "$OUT/eval"
 
 step "tables and plots"
-$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor toy_base --out "$OUT/tables" --img_dir "$OUT"
-cat "$OUT/tables/tables.md"
+$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor anchor --out "$OUT/tables" --img_dir "$OUT"
+$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor control --out "$OUT/tables_vs_control" --no_plots
+mid=$(echo $QUALITIES | awk '{print $(int((NF + 1) / 2))}')
+$PY Evaluation/visualize.py --config "$CONFIG" --augmented_data "$OUT/augmented_data" \
+    --anchor "assets/toy/codec_q$mid.pth.tar" --maa "$OUT/codecs/maa_q$mid/last.pth.tar" --out "$OUT/visual.png"
+
+# The terminal gets the VOC07 mAP@0.5 tables; every protocol is in tables*/tables.md.
 echo
-echo "demo finished in $(( $(date +%s) - start )) s; results in $OUT/ (seen detectors: $SEEN)"
+cat "$OUT/tables/results_map-voc07.md"
+echo
+cat "$OUT/tables/bd_map-voc07.md"
+echo
+cat "$OUT/tables_vs_control/bd_map-voc07.md"
+echo
+echo "finished in $(( $(date +%s) - start )) s: tables (all protocols, CSV, LaTeX) in $OUT/tables/ and"
+echo "$OUT/tables_vs_control/, plots $OUT/rate_*.png, picture $OUT/visual.png"

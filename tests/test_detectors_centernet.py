@@ -304,3 +304,21 @@ def test_small_toy_size_and_checkpoint_round_trip(tmp_path):
     # fp16 storage: the reloaded weights are the rounded originals.
     w = detector.model.hm[0].weight
     assert torch.equal(again.model.hm[0].weight, w.half().float())
+
+
+def test_small_skips_add_backbone_features_after_each_upsampling():
+    from icm.detectors.centernet import CenterNetNet
+
+    net = CenterNetNet(len(TOY), neck="conv", widths=(16, 32, 64, 128), neck_channels=(64, 64, 64), skips=True).eval()
+    assert [tuple(s[0].weight.shape) for s in net.skips] == [(64, 64, 1, 1), (64, 32, 1, 1), (64, 16, 1, 1)]
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        with_skips = net(x)["hm"]
+        for skip in net.skips:  # a skip whose BN outputs 0 adds nothing
+            skip[1].weight.zero_()
+            skip[1].bias.zero_()
+        silent = net(x)["hm"]
+        stem = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        plain = net.hm(net.deconv_layers(net.layer4(net.layer3(net.layer2(net.layer1(stem))))))
+    assert with_skips.shape == (2, len(TOY), 16, 24)
+    assert torch.allclose(silent, plain, atol=1e-6) and not torch.allclose(with_skips, plain, atol=1e-4)

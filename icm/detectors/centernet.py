@@ -19,8 +19,11 @@ the official design, loading the official checkpoints with strict key matching.
 * Decoding: sigmoid, 3x3 max-pool peak extraction, top-100 over the classes (those with a
   dataset class), boxes scaled by 4 back to the input image's pixels and clipped to it.
 * ``toy_centernet``: the resdcn layout with plain 3x3 convs instead of DCN, on a
-  quarter-width ResNet-18 (16..128 channels) with 64-channel neck and heads: 1.2 M
-  parameters (2.3 MB fp16), for the CPU-trained toy world.
+  quarter-width ResNet-18 (16..128 channels) with 64-channel neck and heads, plus skips
+  (1x1 conv + BN of layer3, layer2, layer1 added after each upsampling, as in CenterNet's
+  DLA up-path): 1.2 M parameters (2.3 MB fp16), for the CPU-trained toy world. Without the
+  skips it learned about 20 times slower from scratch (val mAP@0.5 0.02 against 0.46 after
+  200 steps at batch 32): its heat map had to be rebuilt from a 4x4 map at 128 px input.
 
 Our choices where the official code has none or differs for a reason: targets are built on
 continuous xyxy boxes clipped to the (padded) input rather than to ``output size - 1``;
@@ -167,6 +170,7 @@ class CenterNetNet(nn.Module):
         widths: tuple[int, int, int, int] = (64, 128, 256, 512),
         neck_channels: tuple[int, int, int] = (256, 128, 64),
         head_conv: int = 64,
+        skips: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
@@ -194,6 +198,14 @@ class CenterNetNet(nn.Module):
             self.deconv_layers = conv_up_neck(in_channels, neck_channels, deformable=neck == "dcn")
         else:
             raise ValueError(f"unknown CenterNet neck {neck!r} (deconv, dcn or conv)")
+        # Skips: layer3, layer2 and layer1 features (1x1 conv + BN) added after each of the
+        # three upsamplings, as in CenterNet's DLA up-path; not in the ResNet layouts.
+        self.skips = None
+        if skips:
+            self.skips = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+                for width, out_channels in zip(widths[2::-1], neck_channels, strict=True)
+            )
         self.hm = _head(neck_channels[-1], head_conv, num_classes)
         self.wh = _head(neck_channels[-1], head_conv, 2)
         self.reg = _head(neck_channels[-1], head_conv, 2)
@@ -201,8 +213,17 @@ class CenterNetNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.deconv_layers(x)
+        if self.skips is None:
+            x = self.deconv_layers(self.layer4(self.layer3(self.layer2(self.layer1(x)))))
+        else:
+            features = []
+            for layer in (self.layer1, self.layer2, self.layer3):
+                x = layer(x)
+                features.append(x)
+            x = self.layer4(x)
+            stage_length = len(self.deconv_layers) // len(self.skips)
+            for i, (skip, feature) in enumerate(zip(self.skips, reversed(features), strict=True)):
+                x = self.deconv_layers[i * stage_length : (i + 1) * stage_length](x) + skip(feature)
         return {"hm": self.hm(x), "wh": self.wh(x), "reg": self.reg(x)}
 
 
@@ -470,8 +491,10 @@ class CenterNet(Detector):
 ARCHITECTURES: dict[str, dict] = {
     "resdcn_18": {"neck": "dcn", "neck_channels": (256, 128, 64)},
     "res_18": {"neck": "deconv", "neck_channels": (256, 256, 256)},
-    # 1.16 M parameters (2.3 MB fp16): quarter-width ResNet-18 + the resdcn neck with plain convs.
-    "small": {"neck": "conv", "widths": (16, 32, 64, 128), "neck_channels": (64, 64, 64), "head_conv": 64},
+    # 1.17 M parameters (2.3 MB fp16): quarter-width ResNet-18 + the resdcn neck with plain
+    # convs + skips from the backbone.
+    "small": {"neck": "conv", "widths": (16, 32, 64, 128), "neck_channels": (64, 64, 64), "head_conv": 64,
+              "skips": True},
 }
 MODEL_ZOO_URL = "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md"
 
