@@ -56,7 +56,7 @@ DETECTORS: dict[str, dict] = {
     "toy_yolov3": {"role": "seen", "batch_size": 32, "minutes": 10.0},
     "toy_yolov8": {"role": "unseen", "batch_size": 32, "minutes": 6.0},
     "toy_fcos": {"role": "unseen", "batch_size": 16, "minutes": 15.0},
-    "toy_retinanet": {"role": "unseen", "batch_size": 16, "minutes": 25.0, "lr": 2e-3},
+    "toy_retinanet": {"role": "unseen", "batch_size": 16, "minutes": 20.0, "lr": 2e-3},
     "toy_ssdlite": {"role": "unseen", "batch_size": 32, "minutes": 12.0},
 }
 CODEC_QUALITIES = (4, 3, 2, 1)  # trained in this order: highest lambda from scratch, then down
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_extensions", type=int, default=2,
                    help="continuations of a detector run whose best mAP@0.5 is below --min_map")
     p.add_argument("--extend_minutes", type=float, default=10.0, help="training minutes of each continuation")
+    p.add_argument("--refine_top_steps", type=int, default=300,
+                   help="steps of the last codec run: the highest quality fine-tuned from the second (0: none)")
     p.add_argument("--qualities", default=",".join(map(str, CODEC_QUALITIES)),
                    help="codec qualities (CompressAI MSE lambdas), highest first: it is trained from scratch")
     p.add_argument("--data_root", default=str(REPO_ROOT / "data" / "toy"), help="toy set folder")
@@ -377,7 +379,10 @@ def train_codec_cmd(quality: int, args: argparse.Namespace, train_dir: Path, val
 
 
 def build_codec_assets(args: argparse.Namespace, budget: Budget) -> str:
-    """Step 3: the codec at each quality, highest first (scratch), each next fine-tuned down."""
+    """Step 3: the codec at each quality, highest first (from scratch), each next one
+    fine-tuned down from the one above; then the highest once more, fine-tuned up from the
+    second (``<name>-refine``): the chain's later links train longer and would otherwise
+    pass the highest quality in PSNR."""
     qualities = [int(q) for q in args.qualities.split(",")]
     train_dir, val_dir = codec_folders(args)
     previous: Path | None = None
@@ -390,45 +395,65 @@ def build_codec_assets(args: argparse.Namespace, budget: Budget) -> str:
             log(f"{name}: {asset} exists; skipped")
             previous = run_dir / "best.pth.tar" if (run_dir / "best.pth.tar").is_file() else asset
             continue
-        wait_for_other_build(run_dir, name)
-        if args.force and (run_dir / "plan.json").is_file():
-            shutil.rmtree(run_dir)
-        init = None if previous is None else str(previous)
-        plan_path = run_dir / "plan.json"
-        if plan_path.is_file():
-            plan = read_json(plan_path)
-        else:
-            def time_one_step(quality=quality, init=init, name=name) -> float:
-                timing_dir = Path(args.runs) / "timing" / name
-                shutil.rmtree(timing_dir, ignore_errors=True)
-                run_logged(train_codec_cmd(quality, args, train_dir, None, timing_dir, TIMING_STEPS, init),
-                           timing_dir.parent / f"{name}.log", args.threads)
-                records = [r for r in read_jsonl(timing_dir / "log.jsonl") if r.get("split") == "train"]
-                rate = seconds_per_step(records, "step", "time")
-                shutil.rmtree(timing_dir)
-                log(f"{name}: {rate:.2f} s/step at batch {CODEC_BATCH_SIZE} ({args.threads} thread(s), current load)")
-                return rate
-
-            default = CODEC_MINUTES_SCRATCH if init is None else CODEC_MINUTES_FINETUNE
-            plan = {"init": init, "lr": CODEC_LR_SCRATCH if init is None else CODEC_LR_FINETUNE,
-                    **budget.plan(name, default, time_one_step)}
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(plan_path, plan)
-        records = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
-        if not any(r.get("split") == "final" for r in records):
-            cmd = train_codec_cmd(quality, args, train_dir, val_dir, run_dir, plan["steps"], plan["init"])
-            if (run_dir / "last.pth.tar").is_file():
-                for flag, takes_value in (("--no-pretrained", False), ("--N", True), ("--M", True), ("--checkpoint", True)):
-                    if flag in cmd:
-                        j = cmd.index(flag)
-                        del cmd[j : j + 1 + takes_value]
-                cmd += ["--resume", str(run_dir / "last.pth.tar")]
-            log(f"{name}: {'resuming' if '--resume' in cmd else 'training'} {plan['steps']} steps "
-                f"({'from scratch' if plan['init'] is None else 'fine-tuning ' + plan['init']}; log {run_dir / 'train.log'})")
-            run_logged(cmd, run_dir / "train.log", args.threads, run_dir / PID_FILE)
-        results.append(ship_codec(name, quality, run_dir, asset, plan, args))
+        results.append(train_and_ship_codec(name, quality, run_dir, asset, previous, args, budget, train_dir, val_dir))
         previous = run_dir / "best.pth.tar"  # fp32: the next quality starts from the unrounded weights
+    if len(qualities) > 1 and args.refine_top_steps > 0:
+        name = f"codec_q{qualities[0]}"
+        run_dir = Path(args.runs) / f"{name}-refine"
+        second = Path(args.runs) / f"codec_q{qualities[1]}" / "best.pth.tar"
+        if results and (run_dir / "plan.json").is_file():
+            shutil.rmtree(run_dir)  # the second quality was retrained: start again from it
+        if not (run_dir / "shipped").is_file():
+            results.append(train_and_ship_codec(name, qualities[0], run_dir, Path(args.assets) / f"{name}.pth.tar",
+                                                second, args, budget, train_dir, val_dir, steps=args.refine_top_steps))
+            (run_dir / "shipped").touch()
     return "; ".join(results) or "codec: all qualities exist"
+
+
+def train_and_ship_codec(name: str, quality: int, run_dir: Path, asset: Path, init_path: Path | None,
+                         args: argparse.Namespace, budget: Budget, train_dir: Path, val_dir: Path,
+                         steps: int | None = None) -> str:
+    """Train (or resume) one codec run in ``run_dir``, from scratch or from ``init_path``, and ship it."""
+    wait_for_other_build(run_dir, name)
+    if args.force and (run_dir / "plan.json").is_file() and not (run_dir / "shipped").exists():
+        shutil.rmtree(run_dir)
+    init = None if init_path is None else str(init_path)
+    plan_path = run_dir / "plan.json"
+    if plan_path.is_file():
+        plan = read_json(plan_path)
+    else:
+        def time_one_step() -> float:
+            timing_dir = Path(args.runs) / "timing" / name
+            shutil.rmtree(timing_dir, ignore_errors=True)
+            run_logged(train_codec_cmd(quality, args, train_dir, None, timing_dir, TIMING_STEPS, init),
+                       timing_dir.parent / f"{name}.log", args.threads)
+            records = [r for r in read_jsonl(timing_dir / "log.jsonl") if r.get("split") == "train"]
+            rate = seconds_per_step(records, "step", "time")
+            shutil.rmtree(timing_dir)
+            log(f"{name}: {rate:.2f} s/step at batch {CODEC_BATCH_SIZE} ({args.threads} thread(s), current load)")
+            return rate
+
+        plan = {"init": init, "lr": CODEC_LR_SCRATCH if init is None else CODEC_LR_FINETUNE}
+        if steps is not None:
+            plan["steps"] = steps
+        else:
+            default = CODEC_MINUTES_SCRATCH if init is None else CODEC_MINUTES_FINETUNE
+            plan.update(budget.plan(name, default, time_one_step))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(plan_path, plan)
+    records = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
+    if not any(r.get("split") == "final" for r in records):
+        cmd = train_codec_cmd(quality, args, train_dir, val_dir, run_dir, plan["steps"], plan["init"])
+        if (run_dir / "last.pth.tar").is_file():
+            for flag, takes_value in (("--no-pretrained", False), ("--N", True), ("--M", True), ("--checkpoint", True)):
+                if flag in cmd:
+                    j = cmd.index(flag)
+                    del cmd[j : j + 1 + takes_value]
+            cmd += ["--resume", str(run_dir / "last.pth.tar")]
+        log(f"{name}: {'resuming' if '--resume' in cmd else 'training'} {plan['steps']} steps "
+            f"({'from scratch' if plan['init'] is None else 'fine-tuning ' + plan['init']}; log {run_dir / 'train.log'})")
+        run_logged(cmd, run_dir / "train.log", args.threads, run_dir / PID_FILE)
+    return ship_codec(name, quality, run_dir, asset, plan, args)
 
 
 def codec_run_name(init: str) -> str:

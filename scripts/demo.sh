@@ -57,11 +57,11 @@ run_all() {
     local -a names=() pids=()
     while IFS='|' read -r name cmd; do
         if [ "$JOBS" -le 1 ]; then
-            bash -c "$cmd" || { echo "error: $name failed" >&2; return 1; }
+            bash -c "$cmd" < /dev/null || { echo "error: $name failed" >&2; return 1; }
             continue
         fi
         echo "   started $name (log $OUT/logs/$name.log)"
-        OMP_NUM_THREADS=1 bash -c "$cmd" > "$OUT/logs/$name.log" 2>&1 &
+        OMP_NUM_THREADS=1 bash -c "$cmd" < /dev/null > "$OUT/logs/$name.log" 2>&1 &
         names+=("$name"); pids+=($!); running=$((running + 1))
         if [ "$running" -ge "$JOBS" ]; then
             wait "${pids[0]}" && echo "   finished ${names[0]}" || { echo "error: ${names[0]} failed; see $OUT/logs/${names[0]}.log" >&2; failed=1; }

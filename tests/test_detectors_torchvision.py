@@ -139,6 +139,12 @@ def test_toy_backbone_strides_and_sizes():
     assert min(min(s) for s in sizes) == 12 and max(max(s) for s in sizes) == 96
     ssd = build_detector("toy_ssdlite", classes=CLASSES, weights=None)
     assert ssd.model.transform.fixed_size == (128, 128)
+    # toy_retinanet: the quarter-width ResNet-18 body, the same strides plus P6/P7.
+    retinanet = build_detector("toy_retinanet", classes=CLASSES, weights=None)
+    features = retinanet.model.backbone(torch.rand(1, 3, 128, 128))
+    assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {
+        "0": (16, 16), "1": (8, 8), "2": (4, 4), "p6": (2, 2), "p7": (1, 1)}
+    assert [m.out_channels for m in retinanet.model.backbone.body.layer2.modules() if isinstance(m, nn.Conv2d)][0] == 32
 
 
 @pytest.mark.parametrize("name", ["toy_faster_rcnn", "toy_retinanet", "toy_fcos", "toy_ssdlite"])

@@ -87,3 +87,25 @@ def test_assets_stay_small() -> None:
         pytest.skip(NO_ASSETS)
     total = sum(p.stat().st_size for p in ASSET_DIR.iterdir())
     assert total < 30e6, f"assets/toy holds {total / 1e6:.1f} MB (limit 30 MB)"
+
+
+def test_toy_config_uses_only_shipped_assets_and_the_planned_model_sets() -> None:
+    import re
+
+    from icm.config import load_yaml
+
+    config_path = REPO_ROOT / "configs" / "toy.yaml"
+    text = config_path.read_text()
+    referenced = sorted(set(re.findall(r"assets/toy/[\w.]+", text)))
+    assert referenced, "configs/toy.yaml references no shipped asset"
+    if ASSET_DIR == REPO_ROOT / "assets" / "toy":
+        missing = [p for p in referenced if not (REPO_ROOT / p).is_file()]
+        assert not missing, f"configs/toy.yaml references assets that are not shipped: {missing}"
+    config = load_yaml(config_path)
+    seen = config["evaluation"]["seen_detectors"]
+    unseen = config["evaluation"]["unseen_detectors"]
+    # Stage one attacks exactly the seen set: a YOLOv3-, a Faster R-CNN- and a CenterNet-family model.
+    assert config["meta_aafg"]["models"].split(",") == seen == ["toy_yolov3", "toy_faster_rcnn", "toy_centernet"]
+    # Unseen: a YOLOv8-family model and other families, none of them seen.
+    assert "toy_yolov8" in unseen and len(unseen) >= 2 and not set(unseen) & set(seen)
+    assert set(config["evaluation"]["weights"]) == set(seen) | set(unseen)

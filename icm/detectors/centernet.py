@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 from torchvision.ops import deform_conv2d
 
 from icm.data.classmaps import COCO_CLASSES
+from icm.detectors.backbones import QUARTER_WIDTHS, resnet18_body
 from icm.detectors.base import Detector, resolve_classes
 from icm.detectors.registry import register
 from icm.detectors.weights import (
@@ -173,24 +173,9 @@ class CenterNetNet(nn.Module):
         skips: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_channels = widths[0]
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            downsample = None
-            if stride != 1 or in_channels != width:
-                downsample = nn.Sequential(
-                    nn.Conv2d(in_channels, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
-                )
-            blocks = [BasicBlock(in_channels, width, stride, downsample), BasicBlock(width, width)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            in_channels = width
-        for m in self.modules():  # torchvision's ResNet initialisation, before the neck
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for name, module in resnet18_body(widths).items():  # flat: the official key layout
+            setattr(self, name, module)
+        in_channels = widths[-1]
 
         if neck == "deconv":
             self.deconv_layers = deconv_neck(in_channels, neck_channels)
@@ -493,7 +478,7 @@ ARCHITECTURES: dict[str, dict] = {
     "res_18": {"neck": "deconv", "neck_channels": (256, 256, 256)},
     # 1.17 M parameters (2.3 MB fp16): quarter-width ResNet-18 + the resdcn neck with plain
     # convs + skips from the backbone.
-    "small": {"neck": "conv", "widths": (16, 32, 64, 128), "neck_channels": (64, 64, 64), "head_conv": 64,
+    "small": {"neck": "conv", "widths": QUARTER_WIDTHS, "neck_channels": (64, 64, 64), "head_conv": 64,
               "skips": True},
 }
 MODEL_ZOO_URL = "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md"
