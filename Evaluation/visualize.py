@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maa", required=True, help="codec checkpoint fine-tuned by stage two (beta > 0)")
     p.add_argument("--backbone", default=None,
                    help="architecture of checkpoints that do not record one, e.g. bmshj2018-hyperprior")
-    p.add_argument("--detectors", nargs="+", required=True,
-                   help="detector names whose boxes are drawn (e.g. the seen ones and one unseen)")
+    p.add_argument("--detectors", nargs="+", default=[],
+                   help="detector names whose boxes are drawn (e.g. the seen ones and one unseen); required")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="local weights of a detector (repeatable); others use their default weights")
     p.add_argument("--num_images", type=int, default=4, help="rows: the first N images of the manifest")
@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_args_with_config(build_parser(), argv, "visualize")
     if args.num_images < 1:
         raise ValueError("--num_images must be at least 1")
+    if not args.detectors:
+        raise ValueError("--detectors: name at least one detector (or give them in the config's visualize: section)")
     return args
 
 

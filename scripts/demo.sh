@@ -10,8 +10,8 @@
 #
 # Needs the toy assets (assets/toy/, shipped; rebuilt by scripts/build_toy_assets.py).
 # Sizes come from the environment (defaults: the few-minute demo):
-#   DEMO_IMAGES   stage-one images from the toy train split, or "all"      (48)
-#   DEMO_STEPS    stage-two fine-tuning steps per (quality, beta)          (60)
+#   DEMO_IMAGES   stage-one images from the toy train split, or "all"      (32)
+#   DEMO_STEPS    stage-two fine-tuning steps per (quality, beta)          (40)
 #   DEMO_VAL      toy validation images evaluated, or "all"                (100)
 #   DEMO_QUALITIES toy codec qualities                                      ("1 2 3")
 #   DEMO_JOBS     processes at a time for stage one (shards) and stage two (1: progress bars
@@ -24,8 +24,8 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-runs/demo}
-IMAGES=${DEMO_IMAGES:-48}
-STEPS=${DEMO_STEPS:-60}
+IMAGES=${DEMO_IMAGES:-32}
+STEPS=${DEMO_STEPS:-40}
 VAL=${DEMO_VAL:-100}
 QUALITIES=${DEMO_QUALITIES:-"1 2 3"}
 JOBS=${DEMO_JOBS:-1}
@@ -107,8 +107,10 @@ $PY Evaluation/evaluate.py --config "$CONFIG" --dataset toy --split val "${val_l
     --out "$OUT/eval"
 
 step "tables and plots"
-$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor anchor --out "$OUT/tables" --img_dir "$OUT"
-$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor control --out "$OUT/tables_vs_control" --no_plots
+$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor anchor --out "$OUT/tables" --img_dir "$OUT" \
+    > "$OUT/logs/make_tables.log"
+$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor control --out "$OUT/tables_vs_control" --no_plots \
+    >> "$OUT/logs/make_tables.log"
 mid=$(echo $QUALITIES | awk '{print $(int((NF + 1) / 2))}')
 $PY Evaluation/visualize.py --config "$CONFIG" --augmented_data "$OUT/augmented_data" \
     --anchor "assets/toy/codec_q$mid.pth.tar" --maa "$OUT/codecs/maa_q$mid/last.pth.tar" --out "$OUT/visual.png"

@@ -99,4 +99,19 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         main(["--augmented_data", str(tmp_path / "missing"), *common])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "missing" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["--augmented_data", str(root), "--anchor", codec, "--maa", codec])
+    assert e.value.code == 2 and "--detectors" in capsys.readouterr().err
     assert not (tmp_path / "v.png").exists()
+
+
+def test_detectors_and_weights_from_the_config_section(tmp_path):
+    root = stage_one_folder(tmp_path, n=1)
+    codec = str(tiny_codec(tmp_path / "a.pth.tar", 1))
+    config = tmp_path / "run.yaml"
+    config.write_text("visualize:\n  detectors: [vis_test_square_finder]\n"
+                      "  weights: {vis_test_square_finder: none}\n  num_images: 1\n")
+    out = tmp_path / "v.png"
+    assert main(["--config", str(config), "--augmented_data", str(root), "--anchor", codec, "--maa", codec,
+                 "--out", str(out), "--dpi", "40"]) == 0
+    assert Image.open(out).format == "PNG"
