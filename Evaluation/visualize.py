@@ -107,11 +107,11 @@ def amplified_perturbation(augmented: torch.Tensor, original: torch.Tensor, ampl
 def code_and_decode(codec, image: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     """Real bitstream round trip of ``image`` [3, H, W]: (decoded image, bpp, PSNR in dB)."""
     from Evaluation.metrics import psnr
+    from icm.codec import bits_per_pixel
 
     payload, num_bytes = codec.encode(image[None])
     decoded = codec.decode(payload)[0].clamp(0, 1).cpu()
-    height, width = image.shape[-2:]
-    return decoded, 8.0 * num_bytes / (height * width), psnr(image[None], decoded[None])
+    return decoded, bits_per_pixel(num_bytes, *image.shape[-2:]), psnr(image[None], decoded[None])
 
 
 def build_rows(pairs, anchor, maa, detectors: dict, score_threshold: float, amplify: float) -> list[Row]:

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,20 @@ def seconds_per_step(records: list[dict], step_key: str, time_key: str) -> float
     return (t1 - t0) / max(1, s1 - s0)
 
 
+def timing_run(name: str, args: argparse.Namespace, batch_size: int, time_key: str,
+               command: Callable[[Path], list[str]], split: str | None = None) -> float:
+    """Seconds per step of ``command(timing_dir)`` (a :data:`TIMING_STEPS`-step training run in
+    ``runs/timing/<name>``, removed afterwards), from its log lines (of ``split`` only, if given)."""
+    timing_dir = Path(args.runs) / "timing" / name
+    shutil.rmtree(timing_dir, ignore_errors=True)
+    run_logged(command(timing_dir), timing_dir.parent / f"{name}.log", args.threads)
+    records = [r for r in read_jsonl(timing_dir / "log.jsonl") if split is None or r.get("split") == split]
+    rate = seconds_per_step(records, "step", time_key)
+    shutil.rmtree(timing_dir)
+    log(f"{name}: {rate:.2f} s/step at batch {batch_size} ({args.threads} thread(s), current load)")
+    return rate
+
+
 def wall_minutes(records: list[dict], time_key: str) -> float:
     """Training minutes from a log whose clock restarts at every resume (sum of segments)."""
     total, segment = 0.0, 0.0
@@ -248,14 +263,8 @@ def build_detector_asset(name: str, args: argparse.Namespace, budget: Budget) ->
         plan = read_json(plan_path)
     else:
         def time_one_step() -> float:
-            timing_dir = Path(args.runs) / "timing" / name
-            shutil.rmtree(timing_dir, ignore_errors=True)
-            run_logged(train_detector_cmd(name, args, timing_dir, spec["batch_size"], TIMING_STEPS, val=False),
-                       timing_dir.parent / f"{name}.log", args.threads)
-            rate = seconds_per_step(read_jsonl(timing_dir / "log.jsonl"), "step", "seconds")
-            shutil.rmtree(timing_dir)
-            log(f"{name}: {rate:.2f} s/step at batch {spec['batch_size']} ({args.threads} thread(s), current load)")
-            return rate
+            return timing_run(name, args, spec["batch_size"], "seconds", lambda timing_dir: train_detector_cmd(
+                name, args, timing_dir, spec["batch_size"], TIMING_STEPS, val=False))
 
         plan = {"batch_size": spec["batch_size"], **budget.plan(name, spec["minutes"], time_one_step)}
         if "lr" in spec:
@@ -415,23 +424,16 @@ def train_and_ship_codec(name: str, quality: int, run_dir: Path, asset: Path, in
                          steps: int | None = None) -> str:
     """Train (or resume) one codec run in ``run_dir``, from scratch or from ``init_path``, and ship it."""
     wait_for_other_build(run_dir, name)
-    if args.force and (run_dir / "plan.json").is_file() and not (run_dir / "shipped").exists():
-        shutil.rmtree(run_dir)
+    if args.force and (run_dir / "plan.json").is_file():
+        shutil.rmtree(run_dir)  # a run this script made (it holds our plan.json)
     init = None if init_path is None else str(init_path)
     plan_path = run_dir / "plan.json"
     if plan_path.is_file():
         plan = read_json(plan_path)
     else:
         def time_one_step() -> float:
-            timing_dir = Path(args.runs) / "timing" / name
-            shutil.rmtree(timing_dir, ignore_errors=True)
-            run_logged(train_codec_cmd(quality, args, train_dir, None, timing_dir, TIMING_STEPS, init),
-                       timing_dir.parent / f"{name}.log", args.threads)
-            records = [r for r in read_jsonl(timing_dir / "log.jsonl") if r.get("split") == "train"]
-            rate = seconds_per_step(records, "step", "time")
-            shutil.rmtree(timing_dir)
-            log(f"{name}: {rate:.2f} s/step at batch {CODEC_BATCH_SIZE} ({args.threads} thread(s), current load)")
-            return rate
+            return timing_run(name, args, CODEC_BATCH_SIZE, "time", lambda timing_dir: train_codec_cmd(
+                quality, args, train_dir, None, timing_dir, TIMING_STEPS, init), split="train")
 
         plan = {"init": init, "lr": CODEC_LR_SCRATCH if init is None else CODEC_LR_FINETUNE}
         if steps is not None:
