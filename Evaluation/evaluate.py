@@ -19,9 +19,9 @@ Config (``--config FILE``, section ``evaluation:``): every flag below by its nam
       dataset: toy
       split: val
       codecs: [none, "jpeg=10,30,50,70,90", "base=assets/toy/codec_q3.pth.tar"]
-      detectors: [toy_yolov3, toy_faster_rcnn, toy_centernet, toy_retinanet]
+      detectors: [toy_yolov3, toy_faster_rcnn, toy_centernet, toy_ssdlite]
       seen_detectors: [toy_yolov3, toy_faster_rcnn, toy_centernet]
-      unseen_detectors: [toy_retinanet]
+      unseen_detectors: [toy_ssdlite]
       weights: [toy_yolov3=assets/toy/yolov3.pt]        # or a mapping NAME: PATH
       out: runs/toy/eval
 

@@ -1,7 +1,7 @@
 """Does the meta split transfer? Loss change of UNSEEN detectors, --meta on vs --meta off.
 
     python benchmarks/meta_transfer.py --seen toy_yolov3,toy_faster_rcnn,toy_centernet \\
-        --unseen toy_yolov8,toy_retinanet --weights toy_yolov3=PATH ... --limit 64
+        --unseen toy_yolov8,toy_ssdlite --weights toy_yolov3=PATH ... --limit 64
 
 Both modes perturb the same toy images against the seen set with the same number of
 gradient evaluations (meta off = ensemble PGD, see MetaAAFG/meta_aafg.py); then every

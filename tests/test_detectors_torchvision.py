@@ -2,6 +2,7 @@
 dataset's classes, the frozen loss is deterministic and keeps BatchNorm in eval, toy
 architectures fit 128 px images."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -139,12 +140,31 @@ def test_toy_backbone_strides_and_sizes():
     assert min(min(s) for s in sizes) == 12 and max(max(s) for s in sizes) == 96
     ssd = build_detector("toy_ssdlite", classes=CLASSES, weights=None)
     assert ssd.model.transform.fixed_size == (128, 128)
-    # toy_retinanet: the quarter-width ResNet-18 body, the same strides plus P6/P7.
+    # toy_retinanet has toy_fcos's backbone (MobileNetV3-small FPN plus P6/P7).
     retinanet = build_detector("toy_retinanet", classes=CLASSES, weights=None)
     features = retinanet.model.backbone(torch.rand(1, 3, 128, 128))
     assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {
         "0": (16, 16), "1": (8, 8), "2": (4, 4), "p6": (2, 2), "p7": (1, 1)}
-    assert [m.out_channels for m in retinanet.model.backbone.body.layer2.modules() if isinstance(m, nn.Conv2d)][0] == 32
+    fcos = build_detector("toy_fcos", classes=CLASSES, weights=None)
+    shapes = {k: v.shape for k, v in fcos.model.backbone.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in retinanet.model.backbone.state_dict().items()}
+
+
+def test_toy_ssdlite_default_boxes_fit_toy_shapes():
+    """SSD trains a box from the default boxes of IoU >= 0.5 with it (else from its best one):
+    most toy shapes must have one on the 8x8 first map."""
+    from icm.data.toy import render_toy_image
+
+    ssd = build_detector("toy_ssdlite", classes=CLASSES, weights=None).model
+    features = list(ssd.backbone(torch.rand(1, 3, 128, 128)).values())
+    assert [tuple(f.shape[-2:]) for f in features] == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1), (1, 1)]
+    images = torchvision.models.detection.image_list.ImageList(torch.rand(1, 3, 128, 128), [(128, 128)])
+    default_boxes = ssd.anchor_generator(images, features)[0]
+    assert len(default_boxes) == 6 * (64 + 16 + 4 + 1 + 1 + 1)
+    rng = np.random.default_rng(0)
+    shapes = torch.tensor([obj["box"] for _ in range(60) for obj in render_toy_image(rng, 128)[1]], dtype=torch.float32)
+    best = torchvision.ops.box_iou(shapes, default_boxes).max(dim=1).values
+    assert (best >= 0.5).float().mean() >= 0.7
 
 
 @pytest.mark.parametrize("name", ["toy_faster_rcnn", "toy_retinanet", "toy_fcos", "toy_ssdlite"])
