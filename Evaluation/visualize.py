@@ -105,12 +105,13 @@ def amplified_perturbation(augmented: torch.Tensor, original: torch.Tensor, ampl
 
 
 def code_and_decode(codec, image: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """Real bitstream round trip of ``image`` [3, H, W]: (decoded image, bpp, PSNR in dB)."""
-    from Evaluation.metrics import psnr
+    """Real bitstream round trip of ``image`` [3, H, W]: (decoded image rounded to 8 bits, as
+    Evaluation/evaluate.py measures and detects on it, bpp, PSNR in dB)."""
+    from Evaluation.metrics import psnr, to_8bit
     from icm.codec import bits_per_pixel
 
     payload, num_bytes = codec.encode(image[None])
-    decoded = codec.decode(payload)[0].clamp(0, 1).cpu()
+    decoded = to_8bit(codec.decode(payload)[0]).cpu() / 255.0
     return decoded, bits_per_pixel(num_bytes, *image.shape[-2:]), psnr(image[None], decoded[None])
 
 
