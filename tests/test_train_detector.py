@@ -177,6 +177,7 @@ def test_unknown_model_is_a_one_line_error(toy8, tmp_path, capsys):
     ("toy_yolov8", 300, 16),
     ("toy_yolov3", 300, 16),
     ("toy_faster_rcnn", 300, 16),
+    ("toy_ssdlite", 300, 16),
 ])
 def test_small_detector_overfits_32_toy_images(tmp_path, model, steps, batch_size):
     root = make_toy_dataset(tmp_path / "toy32", train=32, val=4, size=128, seed=0)
