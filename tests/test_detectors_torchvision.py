@@ -152,7 +152,7 @@ def test_toy_backbone_strides_and_sizes():
 
 def test_toy_ssdlite_default_boxes_fit_toy_shapes():
     """SSD trains a box from the default boxes of IoU >= 0.5 with it (else from its best one):
-    most toy shapes must have one on the 8x8 first map."""
+    most toy shapes must have one, although the finest map is only 8x8."""
     from icm.data.toy import render_toy_image
 
     ssd = build_detector("toy_ssdlite", classes=CLASSES, weights=None).model
