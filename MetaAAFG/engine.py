@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 import urllib.parse
 import warnings
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from icm.io import (
     read_jsonl,
     write_image,
 )
-from MetaAAFG.meta_aafg import MetaAAFGConfig, augment_batch, linf_8bit
+from MetaAAFG.meta_aafg import MetaAAFGConfig, Reconstruction, augment_batch, linf_8bit
 
 if TYPE_CHECKING:
     from icm.detectors.base import Detector
@@ -204,12 +203,14 @@ def run_stage_one(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     on_image_written: Callable[[dict], None] | None = None,
+    codec: Reconstruction | None = None,
 ) -> RunSummary:
     """Augment this process's shard of ``samples`` into ``save_path``, skipping finished ids.
 
     ``targets`` is ``"gt"`` (the samples' boxes) or ``"pseudo"`` (each detector's clean
-    predictions). Each batch is seeded from ``seed`` and its first id, so results do not
-    depend on sharding or on where a previous run stopped.
+    predictions). Every image draws from its own generator, seeded from ``seed`` and its id,
+    so results depend neither on sharding, batching nor on where a previous run stopped.
+    ``codec``: the codec-aware extension's reconstruction (see ``augment_batch``).
     """
     if targets not in ("gt", "pseudo"):
         raise ValueError(f"targets must be 'gt' or 'pseudo', got {targets!r}")
@@ -237,8 +238,10 @@ def run_stage_one(
             group_samples = [s for s, _ in group]
             images = torch.stack([img for _, img in group]).to(device)
             batch_targets = "pseudo" if targets == "pseudo" else [gt_targets(s, device) for s in group_samples]
-            torch.manual_seed((seed * 1_000_003 + zlib.crc32(group_samples[0].id.encode())) % 2**63)
-            augmented, before, after = augment_batch(images, batch_targets, detectors, config, counter)
+            augmented, before, after = augment_batch(
+                images, batch_targets, detectors, config, counter,
+                ids=[s.id for s in group_samples], seed=seed, codec=codec,
+            )
             linf = linf_8bit(augmented, images).cpu()
             for i, sample in enumerate(group_samples):
                 relpath = output_relpath(sample.id)

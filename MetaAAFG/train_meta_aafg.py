@@ -30,7 +30,7 @@ from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, r
 from icm.config import load_yaml, parse_args_with_config, save_run_config, to_plain  # noqa: E402
 from icm.data import DetectionDataset, load_dataset  # noqa: E402
 from MetaAAFG.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary  # noqa: E402
-from MetaAAFG.meta_aafg import MetaAAFGConfig, gradient_budget  # noqa: E402
+from MetaAAFG.meta_aafg import MetaAAFGConfig, Reconstruction, gradient_budget  # noqa: E402
 
 if TYPE_CHECKING:
     from icm.detectors import Detector
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 DEFAULT_MODELS = "yolov3,faster_rcnn,centernet"
 # Settings that change the images: a rerun into a folder made with others would mix two runs.
 RESULT_KEYS = ("dataset", "data_root", "split", "models", "weights", "epsilon", "meta_steps", "inner_steps", "alpha_in",
-               "alpha_out", "direction", "meta", "targets", "pseudo_threshold", "seed")
+               "alpha_out", "direction", "meta", "sample_models", "diversity", "smooth", "delta_scale",
+               "codec_aware", "targets", "pseudo_threshold", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,16 +58,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of detector names (--dataset toy: the toy config's model set)")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="local weights for a model (repeatable); others use their default weights")
-    p.add_argument("--epsilon", type=fraction, default="8/255", help="L-inf radius, e.g. 8/255 or 0.03")
-    p.add_argument("--meta_steps", type=int, default=10, help="T: meta (outer) iterations")
-    p.add_argument("--inner_steps", type=int, default=5, help="K: meta-train steps per meta iteration")
+    p.add_argument("--epsilon", type=fraction, default="8/255",
+                   help="L-inf radius, e.g. 8/255 or 0.03 (MGAA's official run: 16/255)")
+    p.add_argument("--meta_steps", type=int, default=10, help="T: meta (outer) iterations (MGAA: 10)")
+    p.add_argument("--inner_steps", type=int, default=5, help="K: meta-train steps per meta iteration (MGAA: 8)")
     p.add_argument("--alpha_in", type=fraction, default=None, help="meta-train step, also the step of "
-                   "--meta off (None: epsilon/16)")
-    p.add_argument("--alpha_out", type=fraction, default=None, help="meta-test step (None: epsilon/meta_steps)")
+                   "--meta off (None: epsilon/16, as MGAA)")
+    p.add_argument("--alpha_out", type=fraction, default=None,
+                   help="meta-test step (None: epsilon/meta_steps, as MGAA)")
     p.add_argument("--direction", choices=["helpful", "harmful"], default="helpful",
                    help="helpful lowers the detectors' loss; harmful raises it (ablation)")
     p.add_argument("--meta", choices=["on", "off"], default="on",
                    help="off: plain ensemble PGD with the same number of gradient evaluations")
+    p.add_argument("--sample_models", type=int, default=0,
+                   help="N: a random subset of N models per meta iteration, the last drawn held out; "
+                   "0: every model, held out in turn (MGAA: 6 of its 10)")
+    p.add_argument("--diversity", type=float, default=0.0,
+                   help="P: probability of input diversity at each gradient: upscale by a random factor in "
+                   "[1, 1.1) and zero-pad at a random offset to 1.1x the size, boxes moved alike; 0: off "
+                   "(MGAA: 0.7)")
+    p.add_argument("--smooth", type=int, default=0,
+                   help="K: smooth each gradient with a KxK Gaussian of sigma (K-1)/6 px (translation-"
+                   "invariant attack); odd, 0: off (MGAA: 15, sigma 2.33 px)")
+    p.add_argument("--delta_scale", type=int, default=1,
+                   help="S: optimise the perturbation at 1/S resolution (gradients pooled over SxS blocks, "
+                   "steps upsampled bilinearly); 1: full resolution (MGAA: 1)")
+    p.add_argument("--codec_aware", default=None, metavar="CODEC",
+                   help="EXTENSION beyond the paper, off by default: take the detectors' losses on the frozen "
+                   "anchor codec's reconstruction, with CompressAI's additive-noise proxy for quantisation. "
+                   "CODEC is a codec checkpoint (e.g. assets/toy/codec_q3.pth.tar) or a zoo codec at a "
+                   "quality, NAME=QUALITY (e.g. bmshj2018-hyperprior=3)")
     p.add_argument("--targets", choices=["gt", "pseudo"], default="gt",
                    help="gt: the dataset's boxes; pseudo: each detector's predictions on the clean image")
     p.add_argument("--pseudo_threshold", type=float, default=None,
@@ -76,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--shard", type=shard, default=None, metavar="I/N",
                    help="do shard I of N (combined with torchrun's RANK/WORLD_SIZE when set)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (per batch: seed and first image id)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; each image draws from its own generator, seeded from this and its id")
     p.add_argument("--save_path", default="./augmented_data", help="output folder")
     p.add_argument("--max_failures", type=int, default=0,
                    help="unreadable images tolerated before the exit status is 1")
@@ -113,6 +134,26 @@ def build_model_set(names: list[str], dataset: DetectionDataset, weights: dict[s
     return detectors
 
 
+def anchor_reconstruction(spec: str, device: torch.device) -> Reconstruction:
+    """The codec-aware extension's C: a frozen codec (checkpoint path, or zoo NAME=QUALITY)
+    whose noisy-quantisation reconstruction the detectors' losses see."""
+    from icm.codec import load_codec, noisy_reconstruction
+
+    name, sep, quality = spec.partition("=")
+    if sep:
+        try:
+            model, _ = load_codec(None, backbone=name, quality=int(quality), device=device)
+        except ValueError as e:
+            raise ValueError(f"--codec_aware {spec}: {e}") from None
+    else:
+        if not Path(spec).is_file():
+            raise ValueError(f"--codec_aware {spec}: no such codec checkpoint (or give NAME=QUALITY)")
+        model, _ = load_codec(spec, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return lambda x: noisy_reconstruction(model, x)
+
+
 def check_resumable(save_path: Path, args: argparse.Namespace) -> None:
     """Refuse to add to a folder whose finished images were made with other settings."""
     previous_config = save_path / "config.yaml"
@@ -138,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     config = MetaAAFGConfig(
         epsilon=args.epsilon, meta_steps=args.meta_steps, inner_steps=args.inner_steps,
         alpha_in=args.alpha_in, alpha_out=args.alpha_out, direction=args.direction,
-        meta=args.meta == "on",
+        meta=args.meta == "on", sample_models=args.sample_models, diversity=args.diversity,
+        smooth=args.smooth, delta_scale=args.delta_scale,
     )
+    codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
 
     dataset = load_dataset(str(args.dataset), split=args.split, root=args.data_root, limit=args.limit)
     if args.targets == "gt" and not dataset.classes:
@@ -154,12 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     mine = len(shard_samples(samples, shard_index, shard_count))
     print(f"Meta-AAFG: {mine} of {len(samples)} images of {dataset.name}/{args.split} "
           f"(shard {shard_index}/{shard_count}), models {names}, meta {args.meta}, "
-          f"{gradient_budget(config, len(names))} gradient evaluations per batch, device {device}",
+          f"{gradient_budget(config, len(names))} gradient evaluations per image, device {device}",
           file=sys.stderr)
 
     summary = run_stage_one(
         samples, detectors, config, save_path, targets=args.targets, batch_size=args.batch_size,
         device=device, seed=args.seed, shard=(shard_index, shard_count), progress=not args.no_progress,
+        codec=codec,
     )
     write_summary(save_path, summary, (shard_index, shard_count))
     print(summary.format())

@@ -387,3 +387,21 @@ def estimated_bpp(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> torc
     (batch size times H times W)."""
     return sum(-torch.log2(lk).sum() for lk in likelihoods.values()) / num_pixels
 
+
+
+def noisy_reconstruction(model: CompressionModel, x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
+    """``x_hat`` of ``x [N,3,H,W]`` with CompressAI's training-time proxy for quantisation
+    (additive uniform noise in the entropy models), differentiable with respect to ``x``.
+
+    The noise comes from the global RNG (seed it for reproducible draws); the model's own
+    mode is restored afterwards. Padding and cropping as for real bitstreams.
+    """
+    model = unwrap(model)
+    was_training = model.training
+    x_padded, pad = pad_to_multiple(x, multiple)
+    try:
+        model.train()  # entropy models add noise in train mode (there is no other train-only layer)
+        x_hat = model(x_padded)["x_hat"]
+    finally:
+        model.train(was_training)
+    return crop(x_hat, pad)

@@ -118,6 +118,19 @@ def test_frozen_loss_is_deterministic_and_keeps_norms_in_eval():
     assert not torch.equal(first, detector.loss([img], other))
 
 
+def test_two_stage_loss_samples_afresh_with_each_seed():
+    detector = build_detector("toy_faster_rcnn", classes=CLASSES, weights=None)
+    assert detector.samples_in_loss
+    assert not build_detector("toy_fcos", classes=CLASSES, weights=None).samples_in_loss
+    img = _image(128, 128).requires_grad_(True)
+    losses = [detector.loss([img], _targets(), seed=s) for s in (1, 1, 2, 3)]
+    assert torch.equal(losses[0], losses[1])  # one seed, one draw
+    assert len({round(v.item(), 6) for v in losses[1:]}) == 3  # other seeds, other RPN/RoI samples
+    grads = [torch.autograd.grad(v, img, retain_graph=True)[0] for v in losses[2:]]
+    assert not torch.allclose(grads[0], grads[1])
+    assert torch.equal(detector.loss([img], _targets()), detector.loss([img], _targets(), seed=0))  # default: loss_seed
+
+
 def test_trainable_mode_uses_batchnorm_statistics_and_trains_parameters():
     detector = build_detector("toy_retinanet", classes=CLASSES, weights=None)
     detector.set_trainable(True)

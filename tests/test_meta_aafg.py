@@ -1,5 +1,6 @@
 """Meta-AAFG algorithm (MetaAAFG/meta_aafg.py) on tiny differentiable fake detectors."""
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -77,6 +78,20 @@ class LinearDetector(Detector):
 
     def loss_raw(self, images, targets):
         return (torch.stack(images) * self.weight).sum()
+
+
+class ChannelDetector(Detector):
+    """loss = sum over pixels of w[c] * x[c]: the same gradient sign wherever a pixel lands,
+    whatever the input size (for resize-and-pad)."""
+
+    name = "channel"
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__(CLASSES)
+        self.weight = nn.Parameter(weight)
+
+    def loss_raw(self, images, targets):
+        return sum((img * self.weight.view(3, 1, 1)).sum() for img in images)
 
 
 def fake_set(n: int = 3, log: list | None = None, offset: int = 0) -> dict[str, FakeDetector]:
@@ -186,16 +201,35 @@ def test_meta_step_keeps_only_the_meta_test_displacement():
     assert torch.allclose(aug_off, images - 4 / 255 * w.sign(), atol=1e-6)
 
 
-def test_steps_stop_at_epsilon():
-    # eps 4, alpha_in 0.25, alpha_out 2 (8-bit units): x moves 2, then 1.5 (the meta-test step
-    # starts 2.5 away and is clipped at 4), then 0 once xt starts on the boundary: 3.5 in all.
-    w = torch.randn(3, 8, 8)
-    images = torch.full((2, 3, 8, 8), 100 / 255)
-    cfg = MetaAAFGConfig(epsilon=4 / 255, meta_steps=10, inner_steps=2, alpha_out=2 / 255)
-    no_boxes = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
-    aug, _, _ = augment_batch(images, no_boxes, [LinearDetector(w).freeze()], cfg)
-    moved = (aug - images) * 255 * -w.sign()  # displacement along the descent direction
-    assert torch.all((moved > 2.9) & (moved < 4.1))
+def _no_boxes(b: int) -> list[dict]:
+    return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * b
+
+
+@pytest.mark.parametrize("meta", [True, False])
+@pytest.mark.parametrize("option", [{}, {"sample_models": 2}, {"smooth": 5}, {"delta_scale": 4},
+                                    {"diversity": 1.0}, {"epsilon": 4 / 255, "alpha_out": 2 / 255}])
+def test_full_budget_where_the_gradients_agree(meta, option):
+    # Three models with the same input gradient everywhere: both modes, with every option,
+    # must spend the whole epsilon (the meta-test step must not be swallowed by P).
+    channel = torch.tensor([1.0, -1.0, 1.0])
+    w = channel.view(3, 1, 1).expand(3, 16, 16)
+    models = {f"l{i}": ChannelDetector(channel * (i + 1)).freeze() for i in range(3)}
+    images = torch.full((2, 3, 16, 16), 100 / 255)
+    cfg = MetaAAFGConfig(meta=meta, **option)
+    aug, _, _ = augment_batch(images, _no_boxes(2), models, cfg)
+    moved = (aug - images) * 255 * -w.sign()
+    assert torch.allclose(moved, torch.full_like(moved, max_linf_8bit(cfg.epsilon)), atol=1e-4)
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_full_budget_on_a_random_sign_pattern(meta):
+    # Per-pixel random signs, identical for the three models: every pixel moves the whole
+    # 8 levels against the gradient (the first build's meta on stopped near 5 of 8).
+    w = torch.randn(3, 12, 12, generator=torch.Generator().manual_seed(3))
+    models = {f"l{i}": LinearDetector(w).freeze() for i in range(3)}
+    images = torch.full((1, 3, 12, 12), 128 / 255)
+    aug, _, _ = augment_batch(images, _no_boxes(1), models, MetaAAFGConfig(meta=meta))
+    assert torch.equal((aug - images).mul(255).round(), -8 * w.sign()[None])
 
 
 def test_pseudo_targets_are_clean_predictions_computed_once():
@@ -219,22 +253,190 @@ def test_zero_gradient_model_is_harmless():
     assert after["m0"] < before["m0"]
 
 
-def test_per_image_losses_use_the_same_random_draws_before_and_after():
+class Sampling(Detector):
+    """A loss that samples, like Faster R-CNN's proposals: it logs the seed of every call."""
+
+    name = "sampling"
+    samples_in_loss = True
+
+    def __init__(self, log: list):
+        super().__init__(CLASSES)
+        self.log = log
+        self.weight = nn.Parameter(torch.tensor([1.0, -0.5, 0.25]).view(3, 1, 1))
+
+    def loss_raw(self, images, targets, seed=None):
+        self.log.append((torch.is_grad_enabled(), seed))
+        noise = torch.randn(3, 1, 1, generator=torch.Generator().manual_seed(seed or 0))
+        return sum((img * (self.weight + noise)).sum() + img[:, :4, :4].square().sum() for img in images)
+
+
+def test_sampling_losses_draw_afresh_at_every_gradient_and_score_with_one_draw():
+    log: list = []
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = small_config(meta_steps=3, inner_steps=2)
+    counter = Counter()
+    augment_batch(images, _no_boxes(2), {"s": Sampling(log).freeze()}, cfg, counter=counter)
+    gradient_seeds = [seed for grad, seed in log if grad]
+    scoring_seeds = [seed for grad, seed in log if not grad]
+    assert len(gradient_seeds) == counter["gradient_evaluations"] == 2 * gradient_budget(cfg, 1)
+    assert len(set(gradient_seeds)) == len(gradient_seeds)  # a fresh draw every time
+    assert None not in gradient_seeds
+    # before: image 0, image 1; after: the same two draws, none of them used for a gradient
+    assert scoring_seeds[:2] == scoring_seeds[2:] and len(set(scoring_seeds)) == 2
+    assert not set(scoring_seeds) & set(gradient_seeds)
+
+
+def test_per_image_losses_use_the_given_seeds():
     from MetaAAFG.meta_aafg import per_image_losses
 
-    class Sampling(Detector):  # a loss that samples, like Faster R-CNN's proposals
-        name = "sampling"
-
-        def loss_raw(self, images, targets):
-            return torch.stack(images).mean() + torch.rand(())
-
+    log: list = []
     images, targets = batch(b=3, size=8)
-    models = {"s": Sampling(CLASSES)}
-    state = torch.get_rng_state()
-    first = per_image_losses(models, images, {"s": targets}, small_config())["s"]
-    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
-    again = per_image_losses(models, images, {"s": targets}, small_config())["s"]
-    assert torch.equal(first, again) and first.shape == (3,) and len(set(first.tolist())) == 3
+    models = {"s": Sampling(log)}
+    first = per_image_losses(models, images, {"s": targets}, small_config(), seeds=[5, 6, 7])["s"]
+    again = per_image_losses(models, images, {"s": targets}, small_config(), seeds=[5, 6, 7])["s"]
+    other = per_image_losses(models, images, {"s": targets}, small_config(), seeds=[8, 6, 7])["s"]
+    assert torch.equal(first, again) and first.shape == (3,)
+    assert other[0] != first[0] and torch.equal(other[1:], first[1:])
+    assert [seed for _, seed in log[:3]] == [5, 6, 7]
+
+
+def _run_alone_and_in_batches(cfg, models, codec=None):
+    images, targets = batch(b=3, size=20, seed=4)
+    ids = ["a", "b", "c"]
+    alone = [augment_batch(images[i : i + 1], targets[i : i + 1], models, cfg, ids=[ids[i]], seed=7, codec=codec)[0]
+             for i in range(3)]
+    together, _, _ = augment_batch(images, targets, models, cfg, ids=ids, seed=7, codec=codec)
+    order = [2, 0, 1]
+    shuffled, _, _ = augment_batch(images[order], [targets[i] for i in order], models, cfg,
+                                   ids=[ids[i] for i in order], seed=7, codec=codec)
+    return torch.cat(alone), together, shuffled[[1, 2, 0]]
+
+
+@pytest.mark.parametrize("option", [{}, {"sample_models": 2}, {"diversity": 0.7}, {"smooth": 3, "delta_scale": 2}])
+def test_an_images_result_depends_neither_on_its_batch_mates_nor_on_the_order(option):
+    models = {**fake_set(3), "s": Sampling([]).freeze()}
+    cfg = small_config(meta_steps=3, inner_steps=2, **option)
+    alone, together, shuffled = _run_alone_and_in_batches(cfg, models)
+    assert torch.equal(alone, together) and torch.equal(alone, shuffled)
+    # ... and on the seed and id: another seed gives another perturbation where draws matter
+    if option.get("sample_models") or option.get("diversity"):
+        images, targets = batch(b=1, size=20, seed=4)
+        other, _, _ = augment_batch(images, targets, models, cfg, ids=["a"], seed=8)
+        assert not torch.equal(other, alone[:1])
+
+
+def test_sample_models_draws_a_subset_per_meta_iteration_with_the_same_budget():
+    log: list[str] = []
+    models = fake_set(4, log=log)
+    images, targets = batch(b=1, size=16)
+    for meta in (True, False):
+        log.clear()
+        counter = Counter()
+        cfg = MetaAAFGConfig(meta_steps=6, inner_steps=2, sample_models=3, meta=meta)
+        augment_batch(images, targets, models, cfg, counter=counter)
+        assert counter["gradient_evaluations"] == len(log) == gradient_budget(cfg, 4) == 6 * (2 * 2 + 1)
+        assert len(set(log)) == 4  # over six draws every model was used
+    log.clear()
+    augment_batch(images, targets, models, MetaAAFGConfig(meta_steps=6, inner_steps=2, sample_models=3))
+    for t in range(6):
+        iteration = log[5 * t : 5 * t + 5]  # two inner steps of two models, then the held-out one
+        assert iteration[:2] == iteration[2:4] and len(set(iteration)) == 3
+        assert iteration[4] not in iteration[:4]
+
+
+def test_diverse_input_scales_pads_and_moves_the_boxes():
+    from MetaAAFG.meta_aafg import DIVERSITY_MAX_SCALE, diverse_input
+
+    x = torch.zeros(3, 40, 60)
+    x[:, 10:30, 20:50] = 1.0  # a box (20, 10, 50, 30) in xyxy pixels
+    target = {"boxes": torch.tensor([[20.0, 10.0, 50.0, 30.0]]), "labels": torch.tensor([1])}
+    gen = torch.Generator().manual_seed(0)
+    assert diverse_input(x, target, gen, 0.0)[0] is x
+    for _ in range(20):
+        out, moved = diverse_input(x, target, gen, 1.0)
+        assert out.shape == (3, round(40 * DIVERSITY_MAX_SCALE), round(60 * DIVERSITY_MAX_SCALE))
+        ys, xs = torch.nonzero(out[0] > 0, as_tuple=True)
+        found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+        assert torch.allclose(moved["boxes"][0], found, atol=1.0)  # the box follows the content
+        assert torch.equal(moved["labels"], target["labels"])
+        scale = (moved["boxes"][0, 2] - moved["boxes"][0, 0]) / 30
+        assert 1.0 - 1e-6 <= scale < DIVERSITY_MAX_SCALE + 0.05
+    used = sum(diverse_input(x, target, gen, 0.7)[0] is not x for _ in range(400))
+    assert 0.6 < used / 400 < 0.8
+
+
+def test_smoothing_kernel_and_delta_scale_shapes():
+    from MetaAAFG.meta_aafg import gaussian_kernel, pool_gradient, smooth_gradient, step_direction
+
+    k = gaussian_kernel(15)
+    assert k.shape == (15, 15) and k.sum() == pytest.approx(1.0) and k.argmax() == 7 * 15 + 7
+    sigma = (15 - 1) / 6  # MGAA's gkern(15, 3)
+    assert (k[7, 8] / k[7, 7]).item() == pytest.approx(math.exp(-0.5 / sigma**2), rel=1e-5)
+    impulse = torch.zeros(1, 3, 31, 31)
+    impulse[0, :, 15, 15] = 1.0
+    assert torch.allclose(smooth_gradient(impulse, 15)[0, 1, 8:23, 8:23], k, atol=1e-7)
+    g = torch.randn(2, 3, 30, 30)
+    low = pool_gradient(g, 4)
+    assert low.shape == (2, 3, 8, 8)  # ceil(30 / 4)
+    assert low[0, 0, 0, 0].item() == pytest.approx(g[0, 0, :4, :4].mean().item(), rel=1e-5)
+    up = step_direction(low, (30, 30))
+    assert up.shape == (2, 3, 30, 30) and up.abs().max() <= 1.0
+
+
+def test_delta_scale_makes_the_perturbation_coarse():
+    w = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    models = {"l": LinearDetector(w).freeze()}
+    images = torch.full((1, 3, 32, 32), 128 / 255)
+
+    def roughness(scale):
+        aug, _, _ = augment_batch(images, _no_boxes(1), models, MetaAAFGConfig(delta_scale=scale))
+        delta = ((aug - images) * 255).round()
+        return (delta[..., 1:] - delta[..., :-1]).abs().mean().item(), delta.abs().max().item()
+
+    fine, fine_max = roughness(1)
+    coarse, coarse_max = roughness(4)
+    assert fine_max == coarse_max == 8
+    assert coarse < fine / 3  # neighbours move together at S = 4
+
+
+def test_codec_aware_gradients_go_through_the_codec():
+    from compressai.models import ScaleHyperprior
+
+    from icm.codec import noisy_reconstruction
+
+    torch.manual_seed(0)
+    codec = ScaleHyperprior(N=8, M=12).eval()
+    for p in codec.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 3, 20, 20, requires_grad=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        a = noisy_reconstruction(codec, x)
+        torch.manual_seed(1)
+        b = noisy_reconstruction(codec, x)
+        torch.manual_seed(2)
+        c = noisy_reconstruction(codec, x)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert not codec.training  # the model's mode is restored
+    (grad,) = torch.autograd.grad(a.sum(), x)
+    assert grad.abs().sum() > 0
+
+    calls = []
+
+    def reconstruction(xi):
+        calls.append(xi.shape)
+        return noisy_reconstruction(codec, xi)
+
+    cfg = small_config(meta_steps=2, inner_steps=1)
+    counter = Counter()
+    alone, together, shuffled = _run_alone_and_in_batches(cfg, fake_set(2), codec=reconstruction)
+    assert torch.equal(alone, together) and torch.equal(alone, shuffled)
+    images, targets = batch(b=2, size=20)
+    calls.clear()
+    with_codec, _, _ = augment_batch(images, targets, fake_set(2), cfg, counter=counter, codec=reconstruction)
+    plain, _, _ = augment_batch(images, targets, fake_set(2), cfg)
+    assert len(calls) == counter["gradient_evaluations"] == 2 * gradient_budget(cfg, 2)
+    assert not torch.equal(with_codec, plain)
 
 
 def test_rejects_bad_input():

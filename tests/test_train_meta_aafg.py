@@ -66,8 +66,12 @@ def test_help_lists_every_flag_with_its_default():
     for flag in ["--config", "--dataset", "--data_root", "--split", "--models", "--weights", "--epsilon",
                  "--meta_steps", "--inner_steps", "--alpha_in", "--alpha_out", "--direction", "--meta",
                  "--targets", "--batch_size", "--device", "--limit", "--shard", "--seed", "--save_path",
-                 "--max_failures", "--pseudo_threshold"]:
+                 "--max_failures", "--pseudo_threshold", "--sample_models", "--diversity", "--smooth",
+                 "--delta_scale", "--codec_aware"]:
         assert flag in text, flag
+    for official in ["MGAA's official run: 16/255", "MGAA: 8", "MGAA: 6 of its 10", "MGAA: 0.7",
+                     "MGAA: 15, sigma 2.33 px", "EXTENSION beyond the paper"]:
+        assert official in text, official
     for default in ["(default: 8/255)", "(default: yolov3,faster_rcnn,centernet)", "(default: 10)",
                     "(default: helpful)", "(default: on)", "(default: gt)", "(default: ./augmented_data)"]:
         assert default in text, default
@@ -101,7 +105,7 @@ def test_cli_on_a_folder_writes_the_output_folder(tmp_path, monkeypatch):
     assert config["epsilon"] == pytest.approx(8 / 255) and config["meta"] == "on"
     summary = yaml.safe_load((out / "summary.json").read_text())
     assert summary["done"] == 5 and summary["failed"] == 0
-    assert summary["gradient_evaluations"] == 3 * 2 * (1 * 1 + 1)  # 3 batches, T=2, K=1, |M|=2
+    assert summary["gradient_evaluations"] == 5 * 2 * (1 * 1 + 1)  # 5 images, T=2, K=1, |M|=2
     # A rerun has nothing left to do; a rerun with other settings is refused.
     again = ["--dataset", str(src), "--models", "m0,m1", "--targets", "pseudo", "--save_path", str(out), *FAST]
     assert cli.main(["--batch_size", "2", *again]) == 0
@@ -335,3 +339,45 @@ def test_cli_on_toy_data_with_a_real_detector_checkpoint(tmp_path, capsys):
             assert ((img - src) * 255).round().abs().max() <= 8
         before = helpful["loss_before"]["toy_centernet"]
         assert helpful["loss_after"]["toy_centernet"] < before < harmful["loss_after"]["toy_centernet"]
+
+
+def test_cli_transfer_options_and_the_codec_aware_extension(tmp_path, monkeypatch, capsys):
+    from compressai.models import ScaleHyperprior
+
+    from icm.codec import save_codec_checkpoint
+
+    monkeypatch.setattr("icm.detectors.build_detector", fake_builder)
+    src = tmp_path / "src"
+    write_folder(src, 2, sizes=((24, 32),))
+    codec_path = tmp_path / "codec.pth.tar"
+    save_codec_checkpoint(codec_path, ScaleHyperprior(N=8, M=12), {"backbone": "bmshj2018-hyperprior",
+                                                                  "quality": 1, "metric": "mse"})
+    options = ["--sample_models", "2", "--diversity", "0.5", "--smooth", "3", "--delta_scale", "2"]
+    common = ["--dataset", str(src), "--models", "m0,m1,m2", "--targets", "pseudo", *FAST]
+    out = tmp_path / "out"
+    assert cli.main([*common, *options, "--codec_aware", str(codec_path), "--save_path", str(out)]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["sample_models"], config["diversity"], config["smooth"], config["delta_scale"]) == (2, 0.5, 3, 2)
+    assert config["codec_aware"] == str(codec_path)
+    summary = yaml.safe_load((out / "summary.json").read_text())
+    assert summary["done"] == 2 and summary["gradient_evaluations"] == 2 * 2 * (1 * 1 + 1)  # |S_t| = 2
+    # The same images without the codec differ: the extension changes the result.
+    plain = tmp_path / "plain"
+    assert cli.main([*common, *options, "--save_path", str(plain)]) == 0
+    a, b = read_image_tensor(out / "images" / "img00.png"), read_image_tensor(plain / "images" / "img00.png")
+    assert not torch.equal(a, b)
+    # A rerun into the folder with another option is refused; bad values are one-line errors.
+    capsys.readouterr()
+    def with_option(flag, value):
+        given = dict(zip(options[::2], options[1::2])) | {flag: value}
+        return [*common, *[item for pair in given.items() for item in pair]]
+
+    for flag, value, where, message in [("--smooth", "5", plain, "smooth=3"),
+                                        ("--smooth", "4", tmp_path / "x", "odd kernel size"),
+                                        ("--sample_models", "1", tmp_path / "x", "at least 2"),
+                                        ("--codec_aware", str(tmp_path / "none.pth"), tmp_path / "x",
+                                         "no such codec checkpoint")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main([*with_option(flag, value), "--save_path", str(where)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err

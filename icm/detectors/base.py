@@ -109,6 +109,9 @@ class Detector(nn.Module):
 
     name: str = "detector"
     family: str = "base"
+    # Whether the loss draws at random (Faster R-CNN's RPN and RoI samplers): such a loss
+    # takes a ``seed`` so that a caller can make every evaluation a fresh, reproducible draw.
+    samples_in_loss: bool = False
 
     def __init__(
         self,
@@ -164,8 +167,12 @@ class Detector(nn.Module):
         ``scores`` [N] in [0, 1], ``labels`` [N] dataset class indices."""
         return self.predict_raw(as_image_list(images))
 
-    def loss(self, images: Images, targets: Targets) -> torch.Tensor:
-        """Scalar detection loss, differentiable with respect to ``images``."""
+    def loss(self, images: Images, targets: Targets, seed: int | None = None) -> torch.Tensor:
+        """Scalar detection loss, differentiable with respect to ``images``.
+
+        ``seed``: where :attr:`samples_in_loss`, the loss's random draws come from this seed
+        (None: the detector's own default); ignored by deterministic losses.
+        """
         image_list = as_image_list(images)
         if isinstance(targets, str):
             if targets != "pseudo":
@@ -173,6 +180,8 @@ class Detector(nn.Module):
             targets = self.pseudo_targets(image_list)
         if len(targets) != len(image_list):
             raise ValueError(f"{len(image_list)} images but {len(targets)} targets")
+        if seed is not None and self.samples_in_loss:
+            return self.loss_raw(image_list, targets, seed=seed)
         return self.loss_raw(image_list, targets)
 
     @torch.no_grad()

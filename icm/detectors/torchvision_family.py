@@ -9,9 +9,10 @@ K own classes (0 is background).
 
 Loss while frozen: torchvision computes losses only in train mode, so the model is put in
 train mode with every BatchNorm (and Dropout) kept in eval; FrozenBatchNorm has no mode. The
-two-stage models sample RPN anchors and RoI proposals at random: the loss forks the RNG and
-seeds it with ``loss_seed`` (default 0) so the same input gives the same loss, whatever the
-global seed; ``loss_seed=None`` uses the global RNG. Mask R-CNN's loss uses its mask branch
+two-stage models sample RPN anchors and RoI proposals at random (``samples_in_loss``): the
+loss forks the RNG and seeds it with the call's ``seed``, else ``loss_seed`` (default 0), so
+the same input and seed give the same loss, whatever the global seed; ``loss_seed=None``
+uses the global RNG. Stage one passes a fresh seed at every gradient evaluation. Mask R-CNN's loss uses its mask branch
 only when targets carry ``masks``. Trainable (``set_trainable(True)``), the loss is the
 model's own training loss with BatchNorm in train mode.
 
@@ -316,6 +317,7 @@ class TorchvisionDetector(Detector):
         self.name = name
         self.model = model
         self.loss_seed = loss_seed
+        self.samples_in_loss = hasattr(model, "rpn")  # the two-stage (GeneralizedRCNN) models
         # model label id -> native class index (-1: background / unused id), and back.
         ids = torch.as_tensor(native_label_ids, dtype=torch.long)
         self.label_id_to_native = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
@@ -359,11 +361,13 @@ class TorchvisionDetector(Detector):
             out.append(target)
         return out
 
-    def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                 seed: int | None = None) -> torch.Tensor:
         images = self._images(images)
         native_targets = self._native_targets(images, targets)
         has_masks = all("masks" in t for t in native_targets)
-        mode = contextlib.nullcontext() if self.model.training else _loss_mode(self.model, self.loss_seed)
+        seed = self.loss_seed if seed is None else seed
+        mode = contextlib.nullcontext() if self.model.training else _loss_mode(self.model, seed)
         with mode, _without_mask_branch(self.model, not has_masks):
             losses = self.model(images, native_targets)
         return sum(losses.values())
