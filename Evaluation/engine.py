@@ -4,9 +4,12 @@ quality) in CompressAI's schema, merged into one curve file per codec.
 
 Result files (``OUT`` is ``--out``)::
 
-    OUT/points/<codec>-q<quality>.json   one point; a rerun skips it when finished
-    OUT/<codec>.json                     the curve: every finished point of that codec,
-                                         read by make_tables.py and compressai.utils.plot
+    OUT/points/<codec>-q<quality>.json          one point; a rerun skips it when finished
+    OUT/points/<codec>-q<quality>.matches.npz   its per-image records (bpp, PSNR, MS-SSIM,
+                                                each detector's matches: icm/ap_bootstrap.py)
+                                                for make_tables.py's bootstrap intervals
+    OUT/<codec>.json                            the curve: every finished point of that codec,
+                                                read by make_tables.py and compressai.utils.plot
 
 Detection keys name their protocol: ``map-coco:<det>`` (AP@[.5:.95]), ``ap50-coco:<det>``,
 ``ap75-coco:<det>``, ``map-voc07:<det>`` (11-point mAP@0.5), ``map-voc12:<det>``
@@ -49,6 +52,7 @@ from Evaluation.image_codecs import (
     learned_from_zoo,
 )
 from Evaluation.metrics import FidelityMeter, ms_ssim_8bit, psnr, to_8bit
+from icm.ap_bootstrap import PointSamples, image_matches
 from icm.codec import ARCHITECTURES, BACKBONE_ALIASES, bits_per_pixel, resolve_backbone
 from icm.data import load_dataset
 from icm.data.records import DetectionDataset
@@ -158,6 +162,11 @@ def point_path(out_dir: Path, codec: Any) -> Path:
     return out_dir / "points" / (f"{stem}-q{quality}" + (f"-{_safe(source)}" if source else "") + ".json")
 
 
+def sidecar_path(point: Path) -> Path:
+    """``OUT/points/<stem>.matches.npz`` next to the point file ``OUT/points/<stem>.json``."""
+    return point.with_name(point.stem + ".matches.npz")
+
+
 def curve_path(out_dir: Path, codec: Any) -> Path:
     """``OUT/<codec>[-est].json``."""
     return out_dir / (_safe(codec.name) + ("-est" if codec.rate_type == "estimated" else "") + ".json")
@@ -197,13 +206,16 @@ def evaluate_codec(
     """Evaluate one codec at one quality on every sample of ``dataset``.
 
     Returns ``results`` (metric -> value, CompressAI's names plus detection keys), ``notes``
-    (list of strings) and, with ``per_class``, ``per_class`` ({key: {class: AP}}).
+    (list of strings), ``samples`` (a :class:`~icm.ap_bootstrap.PointSamples`: per-image
+    bpp, PSNR and MS-SSIM, and each detector's match records) and, with ``per_class``,
+    ``per_class`` ({key: {class: AP}}).
     """
     device = torch.device(device)
     detectors = detectors or {}
     meter = FidelityMeter()
     predictions: dict[str, list[dict]] = {name: [] for name in detectors}
     samples = dataset.samples
+    per_image: list[list[float]] = []
     bar = tqdm(total=len(samples), desc=f"{codec.name} q{codec.quality or '-'}", unit="img",
                disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):
@@ -220,7 +232,9 @@ def evaluate_codec(
             _sync(device)
             t2 = time.perf_counter()
             x_hat = to_8bit(x_hat.to(device)).div_(255.0)  # what a decoder writes to disk
-            meter.update(bits_per_pixel(num_bytes, height, width), psnr(x, x_hat), ms_ssim_8bit(x, x_hat), t1 - t0, t2 - t1)
+            measured = bits_per_pixel(num_bytes, height, width), psnr(x, x_hat), ms_ssim_8bit(x, x_hat)
+            meter.update(*measured, t1 - t0, t2 - t1)
+            per_image.append([math.nan if v is None else v for v in measured])
             decoded.append(x_hat[0])
             bar.update(1)
         for name, detector in detectors.items():
@@ -232,6 +246,14 @@ def evaluate_codec(
     if "ms-ssim-rgb_note" in summary:
         notes.append("ms-ssim-rgb: " + summary.pop("ms-ssim-rgb_note"))
     out: dict[str, Any] = {"results": summary, "notes": notes, "num_images": meter.count}
+    columns = np.asarray(per_image, dtype=np.float64).reshape(-1, 3).T
+    image_ids = [str(s.id) for s in samples]
+    ground_truth = voc_ground_truth(samples)
+    out["samples"] = PointSamples(
+        np.asarray(image_ids, dtype=str), dict(zip(("bpp", "psnr-rgb", "ms-ssim-rgb"), columns)),
+        {name: image_matches(ground_truth, preds, len(dataset.classes), image_ids=image_ids)
+         for name, preds in predictions.items()},
+    )
     if detectors:
         det_results, per_class_results, det_notes = detection_metrics(
             dataset, predictions, per_class=per_class, mask_ground_truth=mask_ground_truth
@@ -261,7 +283,7 @@ def detection_metrics(
     category_ids = category_ids_of(dataset)
     image_ids = image_ids_of(dataset, samples)
     coco_gt = coco_ground_truth(samples, classes, category_ids, image_ids)
-    voc_gt = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult | s.iscrowd | s.group} for s in samples]
+    voc_gt = voc_ground_truth(samples)
     results: dict[str, float | None] = {}
     per_class_results: dict[str, dict] = {}
     notes: list[str] = []
@@ -291,6 +313,12 @@ def detection_metrics(
     return results, per_class_results, notes
 
 
+def voc_ground_truth(samples: Sequence) -> list[dict]:
+    """Per-image ground truth for :func:`icm.voc_eval.voc_map` and
+    :func:`icm.ap_bootstrap.image_matches`: crowd and group-of boxes count as difficult."""
+    return [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult | s.iscrowd | s.group} for s in samples]
+
+
 def group_means(det_results: dict[str, float | None], groups: dict[str, list[str]],
                 detectors: list[str]) -> dict[str, float | None]:
     """``<metric>:<group>-mean`` over the detectors of each group (and ``all``)."""
@@ -311,8 +339,9 @@ def group_means(det_results: dict[str, float | None], groups: dict[str, list[str
 
 
 def point_record(codec: Any, evaluation: dict[str, Any], settings: dict[str, Any],
-                 groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """One (codec, quality) result in CompressAI's schema (every metric a one-element list)."""
+                 groups: dict[str, list[str]] | None = None, sidecar: str | None = None) -> dict[str, Any]:
+    """One (codec, quality) result in CompressAI's schema (every metric a one-element list);
+    ``sidecar``: the file name of its per-image records (same folder)."""
     rate = {"real": "real bitstream", "estimated": "entropy estimation", "raw": "uncompressed"}[codec.rate_type]
     record = {
         "name": result_name(codec),
@@ -327,6 +356,8 @@ def point_record(codec: Any, evaluation: dict[str, Any], settings: dict[str, Any
         "results": {k: [v] for k, v in evaluation["results"].items()},
         "finished": True,
     }
+    if sidecar is not None:
+        record["sidecar"] = sidecar
     if "per_class" in evaluation:
         record["per_class"] = [evaluation["per_class"]]
     ms_ssim_notes = [n for n in evaluation["notes"] if n.startswith("ms-ssim")]
@@ -337,7 +368,8 @@ def point_record(codec: Any, evaluation: dict[str, Any], settings: dict[str, Any
 
 def merge_points(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge one codec's point records into one curve record (points sorted by quality,
-    then bpp); every metric list stays aligned with ``qualities``."""
+    then bpp); every metric list stays aligned with ``qualities``, and so does ``sidecars``
+    (each point's per-image records, relative to the curve file in ``OUT``; None: none)."""
     def key(r):
         q = r["qualities"][0]
         return (q is None, q if q is not None else 0, r["results"]["bpp"][0])
@@ -348,7 +380,7 @@ def merge_points(records: list[dict[str, Any]]) -> dict[str, Any]:
     for r in records:
         metrics.extend(k for k in r["results"] if k not in metrics)
     curve = {k: v for k, v in first.items()
-             if k not in ("results", "qualities", "per_class", "notes", "finished", "ms-ssim_note")}
+             if k not in ("results", "qualities", "per_class", "notes", "finished", "ms-ssim_note", "sidecar")}
     curve["settings"] = {k: v for k, v in first.get("settings", {}).items() if k != "codec"}
     curve["description"] = re.sub(r", quality \d+", "", first["description"])
     curve["qualities"] = [r["qualities"][0] for r in records]
@@ -359,6 +391,8 @@ def merge_points(records: list[dict[str, Any]]) -> dict[str, Any]:
     curve["results"] = {m: [r["results"].get(m, [None])[0] for r in records] for m in metrics}
     if any("per_class" in r for r in records):
         curve["per_class"] = [r.get("per_class", [None])[0] for r in records]
+    if any(r.get("sidecar") for r in records):
+        curve["sidecars"] = [f"points/{r['sidecar']}" if r.get("sidecar") else None for r in records]
     return curve
 
 
@@ -452,7 +486,9 @@ def run_evaluation(
                     codec, dataset, detectors, device=device, batch_size=batch_size, per_class=per_class,
                     groups=groups, mask_ground_truth=mask_ground_truth, progress=progress,
                 )
-                atomic_write_json(path, point_record(codec, evaluation, point_settings, groups))
+                sidecar = sidecar_path(path)  # first: a finished point file has its records
+                evaluation["samples"].save(sidecar)
+                atomic_write_json(path, point_record(codec, evaluation, point_settings, groups, sidecar.name))
                 if progress:
                     print(_one_line(codec, evaluation["results"]))
             write_curve(out_dir, codec, point_settings, warn=False)  # the curve so far

@@ -3,7 +3,7 @@ protocol (each detector, the seen and unseen group means, the mean over all), BD
 BD-quality against an anchor codec, and rate-accuracy / rate-PSNR plots.
 
     python Evaluation/make_tables.py results/*.json --anchor bmshj2018-hyperprior-mse --out results/tables
-    cd Evaluation && python make_tables.py ../results/*.json --img_dir ../img
+    cd Evaluation && python make_tables.py ../results/*.json --out ../tables
 
 Inputs: the JSON files of ``Evaluation/evaluate.py`` (curve files ``OUT/<codec>.json`` or
 point files ``OUT/points/*.json``; points of one codec are merged by quality) or any
@@ -15,8 +15,18 @@ Outputs in ``--out``: ``results_<protocol>.{md,csv,tex}`` (one row per codec and
 ``bd_<protocol>.{md,csv,tex}`` (one row per codec: BD-rate in % of bpp against PSNR and
 against each mAP, BD-PSNR in dB and BD-mAP in mAP points, ``bjontegaard`` package with the
 interpolation named in the table), ``tables.md`` (all Markdown tables); plots in
-``--img_dir``: ``rate_psnr.png`` and ``rate_<protocol>.png`` (one panel per detector and
-group mean) for ``--plot_protocols``.
+``--img_dir`` (default ``<--out>/img``): ``rate_psnr.png`` and ``rate_<protocol>.png`` (one
+panel per detector and group mean) for ``--plot_protocols``.
+
+Every BD-rate and BD-quality comes with a 95% interval from a paired bootstrap over images
+(``--bootstrap`` resamples, ``--seed``): each resample draws the same images for the anchor,
+the compared codec and every quality point; each point's bpp and PSNR are the means of the
+drawn images' values and its mAP is recomputed from the per-image match records
+(``icm/ap_bootstrap.py``) of the ``OUT/points/*.matches.npz`` files evaluate.py writes;
+group means average the detectors' resampled mAPs; then BD-rate and BD-quality follow as for
+the estimate. A resample whose curves are not monotonic has no BD: it is dropped and
+counted (column ``dropped``). ``excludes 0`` says whether the interval lies on one side of
+0: only then does the table show a difference.
 """
 
 from __future__ import annotations
@@ -32,7 +42,23 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from Evaluation.bd_rate import DEFAULT_METHOD, METHODS, bd_quality, bd_rate  # noqa: E402
+import numpy as np  # noqa: E402
+
+from Evaluation.bd_rate import (  # noqa: E402
+    DEFAULT_METHOD,
+    METHODS,
+    bd_quality,
+    bd_quality_batch,
+    bd_rate,
+    bd_rate_batch,
+)
+from icm.ap_bootstrap import (  # noqa: E402
+    Interval,
+    PointSamples,
+    bootstrap_weights,
+    maps_from_matches,
+    percentile_interval,
+)
 from icm.cli import exit_on_user_error  # noqa: E402
 from icm.config import parse_args_with_config  # noqa: E402
 from icm.io import atomic_path, atomic_write_text, read_json  # noqa: E402
@@ -49,6 +75,11 @@ PROTOCOL_TITLES = {
 }
 GROUP_SUFFIX = "-mean"
 PLOT_PROTOCOLS = ("map-voc07", "map-coco")
+# Protocols the bootstrap recomputes from match records (icm/ap_bootstrap.py names).
+MATCH_PROTOCOLS = {"map-voc07": "voc07", "map-voc12": "voc12", "map-coco": "coco",
+                   "ap50-coco": "coco50", "ap75-coco": "coco75"}
+DEFAULT_RESAMPLES = 1000
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -60,6 +91,7 @@ class Curve:
     qualities: list
     results: dict[str, list]
     groups: dict[str, list[str]] = field(default_factory=dict)
+    sidecars: list[Path | None] = field(default_factory=list)  # per-image records per point
 
     def detectors(self, protocol: str) -> list[str]:
         """Individual detectors measured with ``protocol`` (group means excluded)."""
@@ -70,7 +102,9 @@ class Curve:
 
 def load_curves(paths: list[str | Path]) -> list[Curve]:
     """Read result files; points of the same codec name merge (a later file's point at the
-    same quality wins). Curves come back in the order their names first appear."""
+    same quality wins). Curves come back in the order their names first appear. Each point
+    keeps the path of its per-image records (``sidecars``/``sidecar`` in the JSON, relative
+    to it), or None."""
     points: dict[str, dict] = {}
     for path in paths:
         data = read_json(path)
@@ -80,12 +114,15 @@ def load_curves(paths: list[str | Path]) -> list[Curve]:
         results = data["results"]
         n = len(results["bpp"])
         qualities = data.get("qualities") or [None] * n
+        sidecars = data.get("sidecars") or ([data["sidecar"]] if data.get("sidecar") else [])
         entry = points.setdefault(name, {"kind": data.get("codec", {}).get("kind", ""), "points": {},
-                                         "groups": data.get("detector_groups", {})})
+                                         "groups": data.get("detector_groups", {}), "sidecars": {}})
         for i in range(n):
             key = qualities[i] if qualities[i] is not None else f"#{len(entry['points'])}"
             entry["points"][key] = {m: (v[i] if isinstance(v, list) and i < len(v) else None)
                                     for m, v in results.items()}
+            sidecar = sidecars[i] if i < len(sidecars) else None
+            entry["sidecars"][key] = Path(path).parent / sidecar if sidecar else None
     curves = []
     for name, entry in points.items():
         items = sorted(entry["points"].items(), key=lambda kv: (kv[1].get("bpp") or 0.0))
@@ -97,6 +134,7 @@ def load_curves(paths: list[str | Path]) -> list[Curve]:
             qualities=[q if not str(q).startswith("#") else None for q, _ in items],
             results={m: [p.get(m) for _, p in items] for m in metrics},
             groups=entry["groups"],
+            sidecars=[entry["sidecars"][q] for q, _ in items],
         ))
     return curves
 
@@ -143,12 +181,14 @@ def columns_for(curves: list[Curve], protocol: str) -> list[tuple[str, str]]:
 class Table:
     title: str
     header: list[str]
-    rows: list[list]  # raw values (None / NaN allowed)
+    rows: list[list]  # raw values (None / NaN allowed); a tuple is (estimate, low, high)
     formats: list[str]  # per column: "s", or a format spec applied to numbers
     scale: list[float]  # per column display scale (mAP shown in %)
-    row_scales: list[float] | None = None  # per row, for the last column (BD-quality units)
+    row_scales: list[float] | None = None  # per row, for column row_scale_column (BD-quality units)
+    row_scale_column: int = -1
     csv_header: list[str] | None = None  # machine-readable column names (CSV holds raw values)
     csv_rows: list[list] | None = None
+    notes: list[str] = field(default_factory=list)  # printed under the table
 
     def display(self) -> list[list[str]]:
         out = []
@@ -156,14 +196,14 @@ class Table:
             cells = []
             scales = list(self.scale)
             if self.row_scales is not None:
-                scales[-1] = self.row_scales[r]
+                scales[self.row_scale_column] = self.row_scales[r]
             for value, fmt, scale in zip(row, self.formats, scales):
                 if fmt == "s":
                     cells.append("" if value is None else str(value))
-                elif value is None or (isinstance(value, float) and math.isnan(value)):
-                    cells.append("-")
+                elif isinstance(value, tuple):
+                    cells.append(_interval_text(value, fmt, scale))
                 else:
-                    cells.append(format(value * scale, fmt))
+                    cells.append(_number_text(value, fmt, scale))
             out.append(cells)
         return out
 
@@ -171,6 +211,8 @@ class Table:
         lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |",
                  "|" + "|".join("---" if f == "s" else "---:" for f in self.formats) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in self.display()]
+        if self.notes:
+            lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -193,8 +235,30 @@ class Table:
                  rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(esc(h) for h in self.header) + r" \\",
                  r"\midrule"]
         lines += [" & ".join(esc(c) for c in r) + r" \\" for r in self.display()]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [rf"\par\smallskip{{\footnotesize {esc(note)}}}" for note in self.notes]
+        lines += [r"\end{table}"]
         return "\n".join(lines) + "\n"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _number_text(value, fmt: str, scale: float) -> str:
+    if _missing(value):
+        return "-"
+    text = format(value * scale, fmt)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
+
+
+def _interval_text(value: tuple, fmt: str, scale: float) -> str:
+    """``estimate [low, high]``; the estimate alone when there is no interval."""
+    estimate, low, high = value
+    text = _number_text(estimate, fmt, scale)
+    if _missing(low) or _missing(high):
+        return text
+    return f"{text} [{format(low * scale, fmt)}, {format(high * scale, fmt)}]"
 
 
 def results_table(curves: list[Curve], protocol: str | None) -> Table:
@@ -214,26 +278,41 @@ def results_table(curves: list[Curve], protocol: str | None) -> Table:
     return Table(title, header, rows, formats, scale, csv_header=csv_header)
 
 
-def bd_table(curves: list[Curve], anchor: Curve, protocol: str | None, method: str) -> Table:
+def bd_table(curves: list[Curve], anchor: Curve, protocol: str | None, method: str,
+             bootstrap: Bootstrap | None = None) -> Table:
     """Rows (codec, measure): BD-rate (%) of bpp at equal PSNR / mAP of each detector and
-    group mean, and BD-quality (BD-PSNR in dB, BD-mAP in mAP points), against ``anchor``."""
+    group mean, and BD-quality (BD-PSNR in dB, BD-mAP in mAP points), against ``anchor``,
+    each with its bootstrap interval (see :func:`bootstrap_curves`) where there is one."""
     measures = [("psnr-rgb", "PSNR (dB)", 1.0)]
     measures += [(key, f"{title} (mAP points)", 100.0) for key, title in (columns_for(curves, protocol) if protocol else [])]
-    header = ["codec", "measure", "BD-rate (%)", "BD-quality"]
+    pct = f"{CONFIDENCE:.0%}"
+    header = ["codec", "measure", f"BD-rate (%) [{pct} CI]", "excludes 0", f"BD-quality [{pct} CI]", "excludes 0",
+              "dropped (rate/quality)"]
+    csv_header = ["codec", "measure"] + [f"{name}{suffix}" for name in ("bd_rate_percent", "bd_quality")
+                                         for suffix in ("", "_low", "_high", "_excludes_0", "_dropped")]
     rows, scales, csv_rows = [], [], []
     for c in curves:
         if c.name in (anchor.name, "none"):
             continue  # the anchor itself, and the single-point uncompressed bound
         for key, title, scale in measures:
-            bd = _bd_pair(anchor, c, key, method)
-            rows.append([c.name, title, *bd])
-            csv_rows.append([c.name, key, *bd])
+            estimates = _bd_pair(anchor, c, key, method)
+            intervals = bootstrap.intervals(anchor, c, key, estimates) if bootstrap else (None, None)
+            row, csv_row = [c.name, title], [c.name, key]
+            for estimate, ci in zip(estimates, intervals):
+                low, high = (ci.low, ci.high) if ci else (None, None)
+                excludes = None if ci is None or _missing(ci.low) else ("yes" if ci.excludes_zero else "no")
+                row += [(estimate, low, high), excludes]
+                csv_row += [estimate, low, high, excludes, ci.dropped if ci else None]
+            row.append(f"{intervals[0].dropped}/{intervals[1].dropped}" if intervals[0] and intervals[1] else None)
+            rows.append(row)
+            csv_rows.append(csv_row)
             scales.append(scale)
     what = f" and {PROTOCOL_TITLES[protocol]}" if protocol else ""
     title = (f"BD-rate and BD-quality against {anchor.name} (bpp vs PSNR{what}); negative BD-rate = "
              f"fewer bits at equal quality; bjontegaard package, {method} interpolation")
-    return Table(title, header, rows, ["s", "s", ".2f", ".3f"], [1, 1, 1, 1], row_scales=scales,
-                 csv_header=["codec", "measure", "bd_rate_percent", "bd_quality"], csv_rows=csv_rows)
+    notes = bootstrap.describe(protocol) if bootstrap else ["no intervals (--bootstrap 0)"]
+    return Table(title, header, rows, ["s", "s", ".2f", "s", ".3f", "s", "s"], [1] * 7, row_scales=scales,
+                 row_scale_column=4, csv_header=csv_header, csv_rows=csv_rows, notes=notes)
 
 
 def _get(curve: Curve, key: str, i: int):
@@ -250,9 +329,113 @@ def _bd_pair(anchor: Curve, test: Curve, key: str, method: str) -> list[float]:
 
 
 def _finite(curve: Curve, key: str) -> tuple[list[float], list[float]]:
-    pairs = [(r, q) for r, q in zip(curve.results["bpp"], curve.results[key])
-             if r is not None and q is not None and not math.isnan(q)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    points = _finite_points(curve, key)
+    return [curve.results["bpp"][i] for i in points], [curve.results[key][i] for i in points]
+
+
+def _finite_points(curve: Curve, key: str) -> list[int]:
+    """Indices of the points with a rate and a value of ``key``."""
+    return [i for i, (r, q) in enumerate(zip(curve.results["bpp"], curve.results[key]))
+            if r is not None and q is not None and not math.isnan(q)]
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+@dataclass
+class Bootstrap:
+    """Resampled points of the anchor and the compared curves: ``values[codec][key]`` is a
+    [resamples, points] array (``bpp``, ``psnr-rgb``, each ``<protocol>:<detector>`` of the
+    protocols in :data:`MATCH_PROTOCOLS` and their group means); ``notes`` say where
+    intervals are missing and why."""
+
+    resamples: int
+    seed: int
+    num_images: int
+    method: str
+    values: dict[str, dict[str, np.ndarray]]
+    notes: list[str]
+
+    def intervals(self, anchor: Curve, test: Curve, key: str,
+                  estimates: list[float]) -> tuple[Interval | None, Interval | None]:
+        """Intervals of BD-rate and BD-quality of ``test`` against ``anchor`` on ``key``."""
+        a, t = self.values.get(anchor.name, {}), self.values.get(test.name, {})
+        if not all(k in v for k in (key, "bpp") for v in (a, t)):
+            return None, None
+        pa, pt = _finite_points(anchor, key), _finite_points(test, key)
+        curves = a["bpp"][:, pa], a[key][:, pa], t["bpp"][:, pt], t[key][:, pt]
+        rate = bd_rate_batch(*curves, method=self.method)
+        quality = bd_quality_batch(*curves, method=self.method)
+        return (percentile_interval(rate, estimates[0], CONFIDENCE),
+                percentile_interval(quality, estimates[1], CONFIDENCE))
+
+    def describe(self, protocol: str | None) -> list[str]:
+        """The notes under a BD table of ``protocol``."""
+        notes = [f"[{CONFIDENCE:.0%} CI]: percentile interval of a paired bootstrap over the {self.num_images} "
+                 f"images ({self.resamples} resamples, seed {self.seed}; the same images for both codecs and "
+                 "every point). 'excludes 0': yes = the difference to the anchor is outside the noise of the "
+                 "image sample; no = not distinguishable. 'dropped': resamples whose curves are not "
+                 "monotonic (no BD), left out of the interval."]
+        if protocol and protocol not in MATCH_PROTOCOLS:
+            notes.append(f"{PROTOCOL_TITLES[protocol]}: no per-image records for this protocol; intervals "
+                         "for PSNR only.")
+        return notes + self.notes
+
+
+def bootstrap_curves(curves: list[Curve], anchor: Curve, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                     method: str = DEFAULT_METHOD) -> Bootstrap:
+    """Resample the anchor's and every compared curve's points over the same images (see the
+    module docstring). Curves whose points lack per-image records, or cover other images
+    than the anchor's, get no values and a note."""
+    notes: list[str] = []
+    compared = [anchor] + [c for c in curves if c.name not in (anchor.name, "none")]
+    loaded: dict[str, list[PointSamples]] = {}
+    for c in compared:
+        missing = [str(q) for q, path in zip(c.qualities, c.sidecars) if path is None or not Path(path).is_file()]
+        if len(c.sidecars) < len(c.qualities) or missing:
+            notes.append(f"{c.name}: no intervals: no per-image records (.matches.npz) for quality "
+                         f"{', '.join(missing) or '?'} (result files made before evaluate.py wrote them?)")
+            continue
+        loaded[c.name] = [PointSamples.load(path) for path in c.sidecars]
+    ids = loaded[anchor.name][0].image_ids if anchor.name in loaded else None
+    for name, samples in list(loaded.items()):
+        if any(not np.array_equal(s.image_ids, ids) for s in samples):
+            notes.append(f"{name}: no intervals: its points were not all evaluated on the anchor's images "
+                         "in the anchor's order")
+            del loaded[name]
+    if anchor.name not in loaded:
+        notes.append(f"anchor {anchor.name}: no per-image records on one set of images, so no intervals at all")
+        return Bootstrap(resamples, seed, 0 if ids is None else len(ids), method, {}, notes)
+    weights = bootstrap_weights(len(ids), resamples, seed)
+    protocols = {key: MATCH_PROTOCOLS[key] for key in protocols_present(curves) if key in MATCH_PROTOCOLS}
+    values = {c.name: _resample_curve(c, loaded[c.name], weights, protocols) for c in compared if c.name in loaded}
+    return Bootstrap(resamples, seed, len(ids), method, values, notes)
+
+
+def _resample_curve(curve: Curve, samples: list[PointSamples], weights: np.ndarray,
+                    protocols: dict[str, str]) -> dict[str, np.ndarray]:
+    """[B, points] resampled bpp, PSNR, mAP per detector and group mean of one curve."""
+    num_images = weights.shape[1]
+    shares = weights / num_images  # a resample's mean of per-image values: shares @ values
+    values = {metric: np.stack([shares @ s.per_image[metric] for s in samples], axis=1)
+              for metric in ("bpp", "psnr-rgb") if all(metric in s.per_image for s in samples)}
+    for i, s in enumerate(samples):
+        for detector, records in s.matches.items():
+            maps = maps_from_matches(records, list(protocols.values()), weights)
+            for key, name in protocols.items():
+                values.setdefault(f"{key}:{detector}", np.full((len(weights), len(samples)), np.nan))[:, i] = maps[name]
+    for key in protocols:  # group means as the engine takes them, per resample
+        detectors = curve.detectors(key)
+        groups = {**{g: [d for d in members if d in detectors] for g, members in curve.groups.items()},
+                  "all": detectors}
+        for group, members in groups.items():
+            resampled = [values.get(f"{key}:{d}") for d in members]
+            if members and all(r is not None for r in resampled):
+                stacked = np.stack(resampled)
+                count = np.isfinite(stacked).sum(0)
+                with np.errstate(invalid="ignore"):
+                    values[f"{key}:{group}{GROUP_SUFFIX}"] = np.nansum(stacked, 0) / np.where(count, count, np.nan)
+    return values
 
 
 # ----------------------------------------------------------------------------- plots
@@ -311,30 +494,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor", default=None, help="anchor codec name; None: the zoo/base codec found")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="BD interpolation")
     p.add_argument("--out", default="tables", help="folder for the tables")
-    p.add_argument("--img_dir", default="img", help="folder for the PNG plots")
+    p.add_argument("--img_dir", default=None, help="folder for the PNG plots; None: <--out>/img")
     p.add_argument("--plot_protocols", nargs="*", default=list(PLOT_PROTOCOLS), choices=PROTOCOLS,
                    help="detection protocols to plot (when present); rate_psnr.png is always drawn")
     p.add_argument("--no_plots", action="store_true", help="tables only")
+    p.add_argument("--bootstrap", type=_resample_count, default=DEFAULT_RESAMPLES, metavar="N",
+                   help=f"resamples of the paired bootstrap over images behind the {CONFIDENCE:.0%}% intervals "
+                   "of every BD-rate and BD-quality (needs evaluate.py's OUT/points/*.matches.npz); 0: no "
+                   "intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's image draws")
     return p
 
 
-def make_tables(paths: list[str | Path], out_dir: str | Path, img_dir: str | Path, anchor: str | None = None,
-                method: str = DEFAULT_METHOD, plot_protocols: tuple[str, ...] | None = PLOT_PROTOCOLS
-                ) -> dict[str, list[Path]]:
-    """Write every table, and the plots of ``plot_protocols`` (those present; None: no plots
-    at all); returns {"tables": [...], "plots": [...]} paths."""
+def _resample_count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: expected 0 (off) or a positive number of resamples")
+    return value
+
+
+def make_tables(paths: list[str | Path], out_dir: str | Path, img_dir: str | Path | None = None,
+                anchor: str | None = None, method: str = DEFAULT_METHOD,
+                plot_protocols: tuple[str, ...] | None = PLOT_PROTOCOLS, resamples: int = DEFAULT_RESAMPLES,
+                seed: int = 0) -> dict[str, list[Path]]:
+    """Write every table (BD tables with bootstrap intervals of ``resamples`` resamples; 0:
+    none), and the plots of ``plot_protocols`` (those present; None: no plots at all) into
+    ``img_dir`` (None: ``out_dir/img``); returns {"tables": [...], "plots": [...]} paths."""
     curves = load_curves(paths)
     anchor_name = anchor or default_anchor(curves)
     by_name = {c.name: c for c in curves}
     if anchor_name not in by_name:
         raise ValueError(f"--anchor {anchor_name!r} is not among the results ({', '.join(by_name)})")
-    out_dir, img_dir = Path(out_dir), Path(img_dir)
+    out_dir = Path(out_dir)
+    img_dir = out_dir / "img" if img_dir is None else Path(img_dir)
+    boot = bootstrap_curves(curves, by_name[anchor_name], resamples, seed, method) if resamples else None
     written: dict[str, list[Path]] = {"tables": [], "plots": []}
     markdown = [f"# Results\n\nAnchor: {anchor_name}. mAP in %, BD-mAP in mAP points.\n"]
     for protocol in protocols_present(curves) or [None]:
         stem = protocol or "fidelity"
         for kind, table in (("results", results_table(curves, protocol)),
-                            ("bd", bd_table(curves, by_name[anchor_name], protocol, method))):
+                            ("bd", bd_table(curves, by_name[anchor_name], protocol, method, boot))):
             for suffix, text in ((".md", table.markdown()), (".csv", table.csv()), (".tex", table.latex())):
                 path = out_dir / f"{kind}_{stem}{suffix}"
                 atomic_write_text(path, text)
@@ -358,7 +557,8 @@ def make_tables(paths: list[str | Path], out_dir: str | Path, img_dir: str | Pat
 def main(argv: list[str] | None = None) -> int:
     args = parse_args_with_config(build_parser(), argv, "make_tables")
     plots = None if args.no_plots else tuple(args.plot_protocols)
-    written = make_tables(args.results, args.out, args.img_dir, args.anchor, args.method, plots)
+    written = make_tables(args.results, args.out, args.img_dir, args.anchor, args.method, plots,
+                          args.bootstrap, args.seed)
     for path in written["tables"] + written["plots"]:
         print(path)
     return 0

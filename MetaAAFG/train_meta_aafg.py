@@ -42,22 +42,8 @@ RESULT_KEYS = ("dataset", "data_root", "split", "models", "weights", "epsilon", 
                "codec_aware", "targets", "pseudo_threshold", "seed")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train_meta_aafg.py",
-        description="Meta-AAFG (stage one): perturb each image within an L-inf ball so the model "
-        "set of detectors does better on it, and write the results losslessly.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--config", default=None, help="YAML file of defaults (section meta_aafg); flags win. "
-                   "--dataset toy without --config uses configs/toy.yaml")
-    p.add_argument("--dataset", default="voc", help="voc, coco, oid, toy (any case), or a folder of images")
-    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's root")
-    p.add_argument("--split", default="train", help="dataset split")
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help="comma list of detector names (--dataset toy: the toy config's model set)")
-    p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
-                   help="local weights for a model (repeatable); others use their default weights")
+def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of :class:`MetaAAFGConfig` (shared with benchmarks/meta_transfer.py)."""
     p.add_argument("--epsilon", type=fraction, default="8/255",
                    help="L-inf radius, e.g. 8/255 or 0.03 (MGAA's official run: 16/255)")
     p.add_argument("--meta_steps", type=int, default=10, help="T: meta (outer) iterations (MGAA: 10)")
@@ -88,6 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "anchor codec's reconstruction, with CompressAI's additive-noise proxy for quantisation. "
                    "CODEC is a codec checkpoint (e.g. assets/toy/codec_q3.pth.tar) or a zoo codec at a "
                    "quality, NAME=QUALITY (e.g. bmshj2018-hyperprior=3)")
+
+
+def config_from_args(args: argparse.Namespace) -> MetaAAFGConfig:
+    """The :class:`MetaAAFGConfig` of parsed :func:`add_algorithm_arguments` flags."""
+    return MetaAAFGConfig(
+        epsilon=args.epsilon, meta_steps=args.meta_steps, inner_steps=args.inner_steps,
+        alpha_in=args.alpha_in, alpha_out=args.alpha_out, direction=args.direction,
+        meta=args.meta == "on", sample_models=args.sample_models, diversity=args.diversity,
+        smooth=args.smooth, delta_scale=args.delta_scale,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_meta_aafg.py",
+        description="Meta-AAFG (stage one): perturb each image within an L-inf ball so the model "
+        "set of detectors does better on it, and write the results losslessly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="YAML file of defaults (section meta_aafg); flags win. "
+                   "--dataset toy without --config uses configs/toy.yaml")
+    p.add_argument("--dataset", default="voc", help="voc, coco, oid, toy (any case), or a folder of images")
+    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's root")
+    p.add_argument("--split", default="train", help="dataset split")
+    p.add_argument("--models", default=DEFAULT_MODELS,
+                   help="comma list of detector names (--dataset toy: the toy config's model set)")
+    p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
+                   help="local weights for a model (repeatable); others use their default weights")
+    add_algorithm_arguments(p)
     p.add_argument("--targets", choices=["gt", "pseudo"], default="gt",
                    help="gt: the dataset's boxes; pseudo: each detector's predictions on the clean image")
     p.add_argument("--pseudo_threshold", type=float, default=None,
@@ -176,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         args.shard, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     )
     torch.manual_seed(args.seed)
-    config = MetaAAFGConfig(
-        epsilon=args.epsilon, meta_steps=args.meta_steps, inner_steps=args.inner_steps,
-        alpha_in=args.alpha_in, alpha_out=args.alpha_out, direction=args.direction,
-        meta=args.meta == "on", sample_models=args.sample_models, diversity=args.diversity,
-        smooth=args.smooth, delta_scale=args.delta_scale,
-    )
+    config = config_from_args(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
 
     dataset = load_dataset(str(args.dataset), split=args.split, root=args.data_root, limit=args.limit)

@@ -1,109 +1,301 @@
-"""Does the meta split transfer? Loss change of UNSEEN detectors, --meta on vs --meta off.
+"""Does stage one's perturbation transfer? mAP of seen and unseen detectors on clean images,
+against same-size random controls, with paired bootstrap intervals.
 
-    python benchmarks/meta_transfer.py --seen toy_yolov3,toy_faster_rcnn,toy_centernet \\
-        --unseen toy_yolov8,toy_ssdlite --weights toy_yolov3=PATH ... --limit 64
+    python benchmarks/meta_transfer.py                                  # toy world, defaults
+    python benchmarks/meta_transfer.py --smooth 15 --epsilon 16/255 --out runs/transfer/ti16.json
 
-Both modes perturb the same toy images against the seen set with the same number of
-gradient evaluations (meta off = ensemble PGD, see MetaAAFG/meta_aafg.py); then every
-detector, seen and unseen, is scored on the clean and the augmented images with the
-ground-truth loss. Printed: mean loss before, after, and the change, per mode and detector
-(helpful direction: more negative is better). Trained detectors are needed for the number
-to mean anything: pass their checkpoints with --weights or rely on the toy config's.
+For the first ``--limit`` images of ``--split`` (images the detectors were not trained on),
+stage one (MetaAAFG/meta_aafg.py, with any of its options given here) perturbs each image
+against the seen model set. Every seen and unseen detector is then scored (VOC07 11-point
+mAP@0.5) on
+
+- ``clean``:  the image x;
+- ``maa``:    stage one's x_aug;
+- ``random``: x plus random signs whose magnitude matches x_aug's mean |delta| per image
+  (each pixel gets floor or ceil of it, at random, so the mean matches in expectation);
+- ``smooth``: x plus a smooth random field (Gaussian noise at 1/8 resolution, upsampled
+  bilinearly), clipped at epsilon and scaled to the same mean |delta|;
+- ``noise``:  x plus random signs of exactly ``--noise_level`` levels on every pixel (the
+  detectors' robustness to faint noise, whatever stage one does).
+
+Each difference to clean, and maa against each control, comes with a 95% paired bootstrap
+interval over images (the same resampled images for both sides; group means are means over
+the group's detectors within each resample). A perturbation transfers to the unseen
+detectors only where ``maa - random`` of the unseen mean is above 0 with its interval; the
+random-sign control is the weak one (faint iid noise alone costs fragile detectors many
+points), so ``maa - smooth`` (a structured perturbation of the same size that costs nothing)
+is reported beside it.
+Also printed: the mean pairwise cosine of the detectors' input gradients (ground-truth
+loss, per image), raw and after Gaussian smoothing, over the first ``--cosine_images``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
 
-from icm.cli import fraction, key_value  # noqa: E402
-from icm.config import CONFIG_DIR, load_yaml  # noqa: E402
+from icm.ap_bootstrap import (  # noqa: E402
+    bootstrap_weights,
+    image_matches,
+    map_from_matches,
+    percentile_interval,
+)
+from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device  # noqa: E402
+from icm.config import TOY_CONFIG, environment_info, load_yaml, to_plain  # noqa: E402
 from icm.data import load_dataset  # noqa: E402
-from icm.detectors import build_detector  # noqa: E402
-from icm.io import read_image_tensor  # noqa: E402
+from icm.io import atomic_write_json, read_image_tensor  # noqa: E402
 from MetaAAFG.engine import equal_size_batches, gt_targets  # noqa: E402
-from MetaAAFG.meta_aafg import MetaAAFGConfig, augment_batch, per_image_losses  # noqa: E402
+from MetaAAFG.meta_aafg import augment_batch, max_linf_8bit, smooth_gradient  # noqa: E402
+from MetaAAFG.train_meta_aafg import (  # noqa: E402
+    add_algorithm_arguments,
+    anchor_reconstruction,
+    config_from_args,
+)
+
+VARIANTS = ("clean", "maa", "random", "smooth", "noise")
+COMPARISONS = (("maa", "clean"), ("random", "clean"), ("smooth", "clean"), ("maa", "random"), ("maa", "smooth"),
+               ("noise", "clean"))
+SMOOTH_CONTROL_SCALE = 8  # the smooth control's noise lives at 1/8 resolution
 
 
-def toy_config_value(key: str):
-    path = CONFIG_DIR / "toy.yaml"
-    if not path.is_file():
-        return None
-    data = load_yaml(path)
-    return (data.get("meta_aafg") or {}).get(key, data.get(key))
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meta_transfer.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = " (default: %(default)s)"
+    p.add_argument("--config", default=str(TOY_CONFIG),
+                   help="YAML config naming the model sets and weights: meta_aafg.models (seen), "
+                   "evaluation.unseen_detectors and evaluation.weights" + d)
+    p.add_argument("--dataset", default="toy", help="dataset name or folder" + d)
+    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's" + d)
+    p.add_argument("--split", default="val", help="images the detectors were not trained on" + d)
+    p.add_argument("--seen", nargs="+", default=None, help="seen detectors; None: the config's model set" + d)
+    p.add_argument("--unseen", nargs="+", default=None,
+                   help="unseen detectors; None: the config's evaluation.unseen_detectors" + d)
+    p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
+                   help="weights of a detector (repeatable); wins over the config's")
+    p.add_argument("--limit", type=int, default=100, help="first N images of the split" + d)
+    p.add_argument("--batch_size", type=int, default=8, help="images per stage-one batch" + d)
+    p.add_argument("--seed", type=int, default=0, help="stage one's seed and the random controls'" + d)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples" + d)
+    p.add_argument("--noise_level", type=int, default=8, help="8-bit levels of the 'noise' variant's random signs" + d)
+    p.add_argument("--cosine_images", type=int, default=24, help="images for the gradient cosines" + d)
+    p.add_argument("--cosine_smooth", type=int, default=9,
+                   help="Gaussian kernel (odd) for the smoothed cosines, sigma (K-1)/6" + d)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ..." + d)
+    p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here" + d)
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    algorithm = p.add_argument_group("stage one (as MetaAAFG/train_meta_aafg.py; defaults are its defaults)")
+    add_algorithm_arguments(algorithm)
+    return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="toy")
-    p.add_argument("--data_root", default=None, help="dataset root (default: the dataset config's)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--seen", default=None, help="comma list (default: the toy config's model set)")
-    p.add_argument("--unseen", required=True, help="comma list of detectors not in --seen")
-    p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH")
-    p.add_argument("--limit", type=int, default=64)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--epsilon", type=fraction, default="8/255")
-    p.add_argument("--meta_steps", type=int, default=10)
-    p.add_argument("--inner_steps", type=int, default=5)
-    p.add_argument("--direction", choices=["helpful", "harmful"], default="helpful")
-    p.add_argument("--out", default=None, help="also write the result JSON here")
-    args = p.parse_args(argv)
-    torch.manual_seed(0)
+def model_sets(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str | None]]:
+    """(seen, unseen, weights) from the flags, else the config."""
+    config = load_yaml(args.config) if args.config else {}
+    stage_one, evaluation = config.get("meta_aafg") or {}, config.get("evaluation") or {}
+    seen = args.seen or stage_one.get("models") or config.get("models")
+    unseen = args.unseen or evaluation.get("unseen_detectors")
+    seen = seen.split(",") if isinstance(seen, str) else list(seen or [])
+    unseen = unseen.split(",") if isinstance(unseen, str) else list(unseen or [])
+    if not seen or not unseen:
+        raise ValueError("name the seen and unseen detectors (--seen, --unseen) or a --config that does")
+    if set(seen) & set(unseen):
+        raise ValueError(f"--seen and --unseen overlap: {sorted(set(seen) & set(unseen))}")
+    weights = {**(evaluation.get("weights") or {}), **(stage_one.get("weights") or {}),
+               **detector_weights(args.weights)}
+    return seen, unseen, weights
 
-    seen = (args.seen or toy_config_value("models") or "").split(",")
-    unseen = args.unseen.split(",")
-    if not seen[0] or set(seen) & set(unseen):
-        raise SystemExit("--seen must be given (or the toy config must name models) and not overlap --unseen")
-    dataset = load_dataset(args.dataset, split=args.split, root=args.data_root)
-    weights = dict(args.weights)
-    config_weights = toy_config_value("weights")
-    if isinstance(config_weights, dict):
-        weights = {**config_weights, **weights}
-    detectors = {
-        n: build_detector(n, classes=dataset.classes, weights=weights.get(n, "default")) for n in seen + unseen
+
+# ----------------------------------------------------------------------------- controls
+
+
+def mean_abs_levels(perturbed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean |delta| per image in 8-bit levels: [B]."""
+    return ((perturbed - clean) * 255).round().abs().flatten(1).mean(1)
+
+
+def random_sign_control(clean: torch.Tensor, level: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x + s * m per pixel, s = +-1 at random and m = floor(level) or ceil(level) so that the
+    mean |delta| of image i is ``level[i]`` in expectation; 8-bit, clipped to [0, 1]."""
+    level = level.view(-1, 1, 1, 1)
+    low = level.floor()
+    magnitude = low + (torch.rand(clean.shape, generator=generator) < (level - low)).float()
+    sign = torch.randint(0, 2, clean.shape, generator=generator).float() * 2 - 1
+    return ((clean * 255).round() + sign * magnitude).clamp(0, 255) / 255
+
+
+def smooth_control(clean: torch.Tensor, level: torch.Tensor, epsilon_levels: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """x + a smooth random field (Gaussian noise at 1/8 resolution, bilinear upsampling),
+    clipped at +-``epsilon_levels`` and scaled (by bisection) so that image i's mean |delta|
+    is ``level[i]``; 8-bit."""
+    b, c, h, w = clean.shape
+    low = torch.randn(b, c, math.ceil(h / SMOOTH_CONTROL_SCALE), math.ceil(w / SMOOTH_CONTROL_SCALE),
+                      generator=generator)
+    field = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    field = field / field.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)  # mean |field| = 1
+    target = level.clamp(max=epsilon_levels).view(-1, 1, 1, 1)
+    lo, hi = torch.zeros_like(target), torch.full_like(target, 1000.0 * epsilon_levels)
+    for _ in range(60):  # mean |clip(s * field)| rises with s
+        mid = (lo + hi) / 2
+        too_small = (mid * field).clamp(-epsilon_levels, epsilon_levels).abs().flatten(1).mean(1).view(-1, 1, 1, 1) < target
+        lo, hi = torch.where(too_small, mid, lo), torch.where(too_small, hi, mid)
+    delta = (lo * field).clamp(-epsilon_levels, epsilon_levels).round()
+    return ((clean * 255).round() + delta).clamp(0, 255) / 255
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def gradient_cosines(detectors: dict, images: list[torch.Tensor], targets: list[dict],
+                     smooth: int) -> dict[str, dict[str, float]]:
+    """Mean over images of the cosine between two detectors' input gradients, for every pair:
+    {"raw": {"a|b": cos}, "smoothed": {...}}."""
+    sums: dict[str, dict[str, float]] = {"raw": {}, "smoothed": {}}
+    for image, target in zip(images, targets):
+        grads = {}
+        for name, detector in detectors.items():
+            x = image[None].detach().requires_grad_(True)
+            loss = detector.loss(x, [target])
+            grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+            grads[name] = torch.zeros_like(x) if grad is None else grad
+        for kind in sums:
+            g = grads if kind == "raw" else {n: smooth_gradient(v, smooth) for n, v in grads.items()}
+            for a, b in combinations(detectors, 2):
+                cos = F.cosine_similarity(g[a].flatten(), g[b].flatten(), dim=0, eps=1e-20).item()
+                sums[kind][f"{a}|{b}"] = sums[kind].get(f"{a}|{b}", 0.0) + cos / len(images)
+    return sums
+
+
+def mean_cosine(pairs: dict[str, float], first: list[str], second: list[str]) -> float | None:
+    """Mean cosine over the pairs with one detector in ``first`` and the other in ``second``."""
+    values = [v for k, v in pairs.items()
+              for a, b in [k.split("|")] if (a in first and b in second) or (b in first and a in second)]
+    return float(np.mean(values)) if values else None
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    config = config_from_args(args)
+    if args.limit < 1 or args.bootstrap < 1 or args.batch_size < 1:
+        raise ValueError("--limit, --bootstrap and --batch_size must be at least 1")
+    seen, unseen, weights = model_sets(args)
+    codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
+    dataset = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)
+    from icm.detectors import build_detector
+
+    detectors = {n: build_detector(n, classes=dataset.classes, weights=weights.get(n, "default"), device=str(device))
+                 for n in seen + unseen}
+    samples = [s for b in equal_size_batches(dataset.samples, args.batch_size) for s in b]
+    generator = torch.Generator().manual_seed(args.seed)
+    epsilon_levels = max_linf_8bit(config.epsilon)
+    predictions = {v: {n: [] for n in detectors} for v in VARIANTS}
+    levels = {v: [] for v in VARIANTS[1:]}
+    start = time.perf_counter()
+    bar = tqdm(total=len(samples), desc="transfer", unit="img", disable=args.no_progress)
+    for batch in equal_size_batches(samples, args.batch_size):
+        clean = torch.stack([read_image_tensor(s.image_path) for s in batch]).to(device)
+        targets = [gt_targets(s, device) for s in batch]
+        maa, _, _ = augment_batch(clean, targets, {n: detectors[n] for n in seen}, config,
+                                  ids=[s.id for s in batch], seed=args.seed, codec=codec)
+        level = mean_abs_levels(maa, clean).cpu()
+        variants = {"clean": clean, "maa": maa,
+                    "random": random_sign_control(clean.cpu(), level, generator).to(device),
+                    "smooth": smooth_control(clean.cpu(), level, epsilon_levels, generator).to(device),
+                    "noise": random_sign_control(clean.cpu(), torch.full_like(level, float(args.noise_level)),
+                                                 generator).to(device)}
+        for variant, images in variants.items():
+            if variant != "clean":
+                levels[variant] += mean_abs_levels(images, clean).tolist()
+            for name, detector in detectors.items():
+                predictions[variant][name] += [{k: v.cpu() for k, v in p.items()} for p in detector.predict(images)]
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    ground_truth = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult | s.iscrowd | s.group}
+                    for s in samples]
+    matches = {v: {n: image_matches(ground_truth, predictions[v][n], len(dataset.classes), coco=False)
+                   for n in detectors} for v in VARIANTS}
+    weights_b = bootstrap_weights(len(samples), args.bootstrap, args.seed)
+    full = {v: {n: float(map_from_matches(matches[v][n], "voc07")) for n in detectors} for v in VARIANTS}
+    resampled = {v: {n: np.asarray(map_from_matches(matches[v][n], "voc07", weights_b)) for n in detectors}
+                 for v in VARIANTS}
+    groups = {"seen mean": seen, "unseen mean": unseen}
+    for group, members in groups.items():
+        for v in VARIANTS:
+            full[v][group] = float(np.mean([full[v][n] for n in members]))
+            resampled[v][group] = np.mean([resampled[v][n] for n in members], axis=0)
+    rows = {}
+    for name in [*detectors, *groups]:
+        row = {"seen": name in seen or name == "seen mean", **{f"map_{v}": full[v][name] for v in VARIANTS}}
+        for a, b in COMPARISONS:
+            interval = percentile_interval(resampled[a][name] - resampled[b][name], full[a][name] - full[b][name])
+            row[f"{a}-{b}"] = {"estimate": interval.estimate, "low": interval.low, "high": interval.high,
+                               "dropped": interval.dropped}
+        rows[name] = row
+
+    cosine_samples = samples[: args.cosine_images]
+    cosines = gradient_cosines(detectors, [read_image_tensor(s.image_path).to(device) for s in cosine_samples],
+                               [gt_targets(s, device) for s in cosine_samples], args.cosine_smooth)
+    cosine_summary = {kind: {"seen-unseen": mean_cosine(pairs, seen, unseen),
+                             "seen-seen": mean_cosine(pairs, seen, seen),
+                             "unseen-unseen": mean_cosine(pairs, unseen, unseen)}
+                      for kind, pairs in cosines.items()}
+    return {
+        "dataset": dataset.name, "split": args.split, "images": len(samples), "seen": seen, "unseen": unseen,
+        "stage_one": {**vars(config), "codec_aware": args.codec_aware, "seed": args.seed},
+        "metric": "VOC07 11-point mAP@0.5", "bootstrap": args.bootstrap, "noise_level": args.noise_level, "confidence": 0.95,
+        "mean_abs_delta_levels": {v: float(np.mean(values)) for v, values in levels.items()},
+        "detectors": rows, "gradient_cosines": cosines, "gradient_cosine_means": cosine_summary,
+        "cosine_images": len(cosine_samples), "cosine_smooth": args.cosine_smooth, "seconds": round(seconds, 1),
+        "args": to_plain(vars(args)), "environment": environment_info(str(device)),
     }
-    samples = dataset.samples[: args.limit]
 
-    result: dict = {"seen": seen, "unseen": unseen, "images": len(samples), "epsilon": args.epsilon,
-                    "direction": args.direction, "modes": {}}
-    for mode in ("on", "off"):
-        config = MetaAAFGConfig(epsilon=args.epsilon, meta_steps=args.meta_steps, inner_steps=args.inner_steps,
-                                direction=args.direction, meta=mode == "on")
-        before = {n: [] for n in detectors}
-        after = {n: [] for n in detectors}
-        start = time.perf_counter()
-        for batch in equal_size_batches(samples, args.batch_size):
-            images = torch.stack([read_image_tensor(s.image_path) for s in batch])
-            targets = [gt_targets(s, images.device) for s in batch]
-            torch.manual_seed(0)
-            augmented, _, _ = augment_batch(images, targets, {n: detectors[n] for n in seen}, config)
-            all_targets = {n: targets for n in detectors}
-            for name, values in per_image_losses(detectors, images, all_targets, config).items():
-                before[name] += values.tolist()
-            for name, values in per_image_losses(detectors, augmented, all_targets, config).items():
-                after[name] += values.tolist()
-        rows = {}
-        for name in detectors:
-            b, a = sum(before[name]) / len(before[name]), sum(after[name]) / len(after[name])
-            rows[name] = {"seen": name in seen, "loss_before": b, "loss_after": a, "change": a - b,
-                          "relative_change": (a - b) / b if b else None}
-        result["modes"][mode] = {"seconds": time.perf_counter() - start, "detectors": rows}
 
-    print(f"{'detector':<22}{'seen':>6}{'before':>10}{'meta on':>10}{'meta off':>10}{'on-off':>10}")
-    for name in detectors:
-        on, off = result["modes"]["on"]["detectors"][name], result["modes"]["off"]["detectors"][name]
-        print(f"{name:<22}{'yes' if on['seen'] else 'no':>6}{on['loss_before']:>10.4g}"
-              f"{on['change']:>+10.3g}{off['change']:>+10.3g}{on['change'] - off['change']:>+10.3g}")
+def format_table(result: dict) -> str:
+    """The result as a Markdown table (mAP in points, differences with their 95% interval)."""
+    def cell(d):
+        return f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+    delta = result["mean_abs_delta_levels"]
+    lines = [f"{result['images']} {result['dataset']}/{result['split']} images, {result['metric']} in points, "
+             f"95% paired bootstrap intervals ({result['bootstrap']} resamples). Mean |delta| in levels: "
+             + ", ".join(f"{v} {x:.2f}" for v, x in delta.items()), "",
+             "| detector | seen | clean | " + " | ".join(f"{a} - {b}" for a, b in COMPARISONS) + " |",
+             "|---|---|---:|" + "---:|" * len(COMPARISONS)]
+    for name, row in result["detectors"].items():
+        lines.append(f"| {name} | {'yes' if row['seen'] else 'no'} | {100 * row['map_clean']:.1f} | "
+                     + " | ".join(cell(row[f"{a}-{b}"]) for a, b in COMPARISONS) + " |")
+    means = result["gradient_cosine_means"]
+    lines += ["", f"Input-gradient cosine (mean over {result['cosine_images']} images), raw / smoothed "
+              f"({result['cosine_smooth']}x{result['cosine_smooth']} Gaussian): "
+              + "; ".join(f"{k} {means['raw'][k]:.3f} / {means['smoothed'][k]:.3f}"
+                          for k in means["raw"] if means["raw"][k] is not None)]
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    print(format_table(result))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(Path(args.out), result)
     return result
 
 

@@ -12,7 +12,8 @@ have no AP (None) and are left out of the mean; without any ground truth at all 
 too (as the COCO protocol's in ``Evaluation/coco_eval.py``), so that means over detectors or
 datasets skip it instead of averaging in a 0.
 
-Used by the evaluation stage and, every epoch, by the detector trainer.
+Used by the evaluation stage, by ``icm/ap_bootstrap.py`` (per-detection flags for bootstrap
+intervals) and, every epoch, by the detector trainer.
 """
 
 from __future__ import annotations
@@ -68,46 +69,70 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def class_ap(
+def match_detections(
     gt_boxes: Sequence[np.ndarray],
     gt_difficult: Sequence[np.ndarray],
     det_image: np.ndarray,
     det_boxes: np.ndarray,
     det_scores: np.ndarray,
     iou_threshold: float = 0.5,
-    use_07_metric: bool = False,
-) -> tuple[float | None, int]:
-    """AP of one class. ``gt_boxes[i]``/``gt_difficult[i]``: that class's boxes in image i;
-    ``det_image`` [D]: image index of each detection. Returns (AP or None, #positives)."""
-    num_pos = int(sum((~np.asarray(d, dtype=bool)).sum() for d in gt_difficult))
-    if num_pos == 0:
-        return None, 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy VOC matching of one class's detections in decreasing score order (ties keep
+    the input order). ``gt_boxes[i]``/``gt_difficult[i]``: that class's boxes in image i;
+    ``det_image`` [D]: image index of each detection. Returns ``(order, flags)``: the
+    detection indices by rank, and per rank 1 (true positive), 0 (false positive: no box
+    at ``iou_threshold``, or a duplicate) or -1 (ignored: best match is a difficult box)."""
     matched = [np.zeros(len(b), dtype=bool) for b in gt_boxes]
     order = np.argsort(-np.asarray(det_scores, dtype=np.float64), kind="stable")
-    tp = np.zeros(len(order))
-    fp = np.zeros(len(order))
+    flags = np.zeros(len(order), dtype=np.int8)
     for rank, d in enumerate(order):
         i = int(det_image[d])
         gts = gt_boxes[i]
         if len(gts) == 0:
-            fp[rank] = 1
             continue
         ious = box_iou(det_boxes[d], gts)
         j = int(np.argmax(ious))
         if ious[j] >= iou_threshold:
             if gt_difficult[i][j]:
-                continue  # a match with a difficult box is neither a TP nor an FP
-            if not matched[i][j]:
-                tp[rank] = 1
+                flags[rank] = -1  # a match with a difficult box is neither a TP nor an FP
+            elif not matched[i][j]:
+                flags[rank] = 1
                 matched[i][j] = True
-            else:
-                fp[rank] = 1
-        else:
-            fp[rank] = 1
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
-    recall = tp / num_pos
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return average_precision(recall, precision, use_07_metric), num_pos
+    return order, flags
+
+
+def voc_matches(
+    ground_truth: Sequence[dict],
+    detections: Sequence[dict],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """Every detection's VOC match (inputs as :func:`voc_map`). Returns, over the detections
+    of all images in order (labels outside ``0..num_classes - 1`` left out): ``image``,
+    ``label``, ``score``, ``boxes`` and ``flag`` (see :func:`match_detections`), and
+    ``positives`` [N images, num_classes]: the non-difficult boxes."""
+    if len(ground_truth) != len(detections):
+        raise ValueError(f"{len(ground_truth)} ground-truth images but {len(detections)} detection lists")
+    gts = [as_arrays(g, ("boxes", "labels", "difficult")) for g in ground_truth]
+    dets = [as_arrays(d, ("boxes", "scores", "labels")) for d in detections]
+    dets = [{k: v[(d["labels"] >= 0) & (d["labels"] < num_classes)] for k, v in d.items()} for d in dets]
+    out = {
+        "image": np.repeat(np.arange(len(dets)), [len(d["labels"]) for d in dets]),
+        "label": np.concatenate([d["labels"] for d in dets] + [np.zeros(0, np.int64)]),
+        "score": np.concatenate([d["scores"] for d in dets] + [np.zeros(0)]),
+        "boxes": np.concatenate([d["boxes"] for d in dets] + [np.zeros((0, 4))]),
+    }
+    out["flag"] = np.zeros(len(out["label"]), dtype=np.int8)
+    out["positives"] = np.zeros((len(gts), num_classes), dtype=np.int64)
+    for c in range(num_classes):
+        gt_boxes = [g["boxes"][g["labels"] == c] for g in gts]
+        gt_difficult = [g["difficult"][g["labels"] == c] for g in gts]
+        out["positives"][:, c] = [int((~d).sum()) for d in gt_difficult]
+        idx = np.nonzero(out["label"] == c)[0]
+        order, flags = match_detections(gt_boxes, gt_difficult, out["image"][idx], out["boxes"][idx],
+                                        out["score"][idx], iou_threshold)
+        out["flag"][idx[order]] = flags
+    return out
 
 
 def voc_map(
@@ -123,33 +148,26 @@ def voc_map(
     Detection dicts: ``boxes`` [M, 4], ``scores`` [M], ``labels`` [M]. Arrays or tensors.
     ``map`` is None when no image has a non-difficult ground-truth box.
     """
-    if len(ground_truth) != len(detections):
-        raise ValueError(f"{len(ground_truth)} ground-truth images but {len(detections)} detection lists")
-    gts = [_as_numpy(g, ("boxes", "labels", "difficult")) for g in ground_truth]
-    dets = [_as_numpy(d, ("boxes", "scores", "labels")) for d in detections]
+    matches = voc_matches(ground_truth, detections, num_classes, iou_threshold)
     aps: list[float | None] = []
-    positives: list[int] = []
-    for c in range(num_classes):
-        gt_boxes = [g["boxes"][g["labels"] == c] for g in gts]
-        gt_difficult = [g["difficult"][g["labels"] == c] for g in gts]
-        det_image, det_boxes, det_scores = [], [], []
-        for i, d in enumerate(dets):
-            keep = d["labels"] == c
-            det_boxes.append(d["boxes"][keep])
-            det_scores.append(d["scores"][keep])
-            det_image.append(np.full(int(keep.sum()), i))
-        ap, n = class_ap(
-            gt_boxes, gt_difficult, np.concatenate(det_image),
-            np.concatenate(det_boxes).reshape(-1, 4), np.concatenate(det_scores),
-            iou_threshold, use_07_metric,
-        )
-        aps.append(ap)
-        positives.append(n)
+    positives = [int(n) for n in matches["positives"].sum(0)]
+    for c, num_pos in enumerate(positives):
+        if num_pos == 0:
+            aps.append(None)
+            continue
+        mine = matches["label"] == c
+        order = np.argsort(-matches["score"][mine], kind="stable")
+        flags = matches["flag"][mine][order]  # in rank order
+        tp, fp = np.cumsum(flags == 1), np.cumsum(flags == 0)
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        aps.append(average_precision(tp / num_pos, precision, use_07_metric))
     valid = [a for a in aps if a is not None]
     return VOCResult(float(np.mean(valid)) if valid else None, aps, positives)
 
 
-def _as_numpy(record: dict, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def as_arrays(record: dict, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The ``keys`` of a ground-truth or detection dict as numpy arrays (tensors and lists
+    too): float64 boxes [N, 4] and scores, int64 labels, bool difficult (all False if absent)."""
     out = {}
     for key in keys:
         value = record.get(key)

@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from Evaluation.bd_rate import METHODS, bd_quality, bd_rate
+from Evaluation.bd_rate import METHODS, bd_quality, bd_quality_batch, bd_rate, bd_rate_batch
 
 RATE = [0.1, 0.2, 0.4, 0.8]
 MAP = [0.30, 0.42, 0.50, 0.55]
@@ -44,3 +45,25 @@ def test_default_interpolation_keeps_the_sign_on_an_uneven_curve():
     webp = ([0.1784, 0.2565, 1.0247, 4.1445], [23.779, 23.843, 24.063, 25.771])
     assert bd_rate(*jpeg, *webp) < -30
     assert bd_rate(*jpeg, *webp, method="akima") > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("points", [(4, 4), (2, 2), (3, 5), (6, 4)])
+def test_batch_equals_one_curve_pair_at_a_time(method, points):
+    rng = np.random.default_rng(sum(points))
+    rows, (p, q) = 60, points
+    ra, rt = np.sort(rng.uniform(0.05, 1, (rows, p)), 1), np.sort(rng.uniform(0.05, 1, (rows, q)), 1)
+    qa, qt = np.sort(rng.uniform(25, 38, (rows, p)), 1), np.sort(rng.uniform(25, 38, (rows, q)), 1)
+    qa[::7, 0] = qa[::7, -1] + 1  # quality not monotonic in rate: no BD-rate
+    shuffle = rng.permutation(q)
+    rt[::5], qt[::5] = rt[::5][:, shuffle], qt[::5][:, shuffle]  # points in any order
+    qt[::11, 1] = qt[::11, 0]  # a tie
+    qa[::13, 1] = np.nan  # a missing point: the row goes through bd_rate / bd_quality
+    rt[::17] *= 20  # no overlap
+    for batch, single in ((bd_rate_batch, bd_rate), (bd_quality_batch, bd_quality)):
+        got = batch(ra, qa, rt, qt, method)
+        expected = np.array([single(ra[i], qa[i], rt[i], qt[i], method) for i in range(rows)])
+        assert np.array_equal(np.isnan(got), np.isnan(expected))
+        assert 0 < np.isnan(expected).sum() < rows
+        ok = ~np.isnan(expected)
+        assert got[ok] == pytest.approx(expected[ok], rel=1e-9, abs=1e-9)

@@ -18,6 +18,7 @@ from Evaluation.engine import (
 )
 from Evaluation.image_codecs import IdentityCodec, LearnedCodec, PillowCodec
 from Evaluation.metrics import PSNR_CAP_DB
+from icm.ap_bootstrap import PointSamples, map_from_matches
 from icm.codec import bits_per_pixel, build_codec
 from icm.data.records import DetectionDataset, DetectionSample
 from icm.detectors.base import Detector
@@ -219,6 +220,37 @@ def test_curve_keeps_only_points_of_this_runs_settings(tmp_path):
                        {"dataset": "folder", "limit": 1}, progress=False)
     assert not [w for w in caught if "other settings; evaluating again" in str(w.message)]
     assert read_json(out / "jpeg.json")["qualities"] == [30, 50]
+
+
+def test_point_sidecar_keeps_per_image_values_and_matches(tmp_path):
+    dataset = square_dataset(tmp_path, n=4)
+    dataset.samples[3].boxes[0] += 30  # a box the finder misses: mAP below 1
+    detectors = {"finder": SquareFinder(["square"]), "half": SquareFinder(["square"], threshold=0.5)}
+    out, settings = tmp_path / "out", {"dataset": "squares"}
+    run_evaluation([CodecSpec("pillow", "jpeg", [10, 60])], dataset, detectors, out, settings, progress=False)
+    point = read_json(out / "points" / "jpeg-q10.json")
+    assert point["sidecar"] == "jpeg-q10.matches.npz" and "sidecars" not in point
+    sidecar = out / "points" / point["sidecar"]
+    samples = PointSamples.load(sidecar)
+    assert samples.image_ids.tolist() == ["0", "1", "2", "3"]
+    assert samples.per_image["bpp"].mean() == pytest.approx(point["results"]["bpp"][0], rel=1e-12)
+    assert samples.per_image["psnr-rgb"].mean() == pytest.approx(point["results"]["psnr-rgb"][0], rel=1e-12)
+    assert np.isnan(samples.per_image["ms-ssim-rgb"]).all()  # 64 px: too small, as in the JSON
+    assert sorted(samples.matches) == ["finder", "half"]
+    for name in detectors:
+        for key, protocol in (("map-voc07", "voc07"), ("map-voc12", "voc12"), ("map-coco", "coco"),
+                              ("ap50-coco", "coco50"), ("ap75-coco", "coco75")):
+            expected = point["results"][f"{key}:{name}"][0]
+            assert map_from_matches(samples.matches[name], protocol) == pytest.approx(expected, abs=1e-9)
+    assert 0.3 < point["results"]["map-voc12:finder"][0] < 0.9  # not a trivial case
+    with np.load(sidecar, allow_pickle=False) as data:
+        assert not [k for k in data.files if "box" in k]  # no raw boxes stored
+    curve = read_json(out / "jpeg.json")
+    assert curve["sidecars"] == ["points/jpeg-q10.matches.npz", "points/jpeg-q60.matches.npz"]
+    assert "sidecar" not in curve
+    stamp = sidecar.stat().st_mtime_ns
+    run_evaluation([CodecSpec("pillow", "jpeg", [10, 60])], dataset, detectors, out, settings, progress=False)
+    assert sidecar.stat().st_mtime_ns == stamp  # a finished point is skipped with its sidecar
 
 
 def test_no_ground_truth_gives_no_map_in_either_protocol(tmp_path):

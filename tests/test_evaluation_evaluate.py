@@ -122,7 +122,8 @@ def test_checkpoint_codec_with_estimate_and_compressai_plot_reads_results(tmp_pa
     assert real["qualities"] == [1, 2] and real["description"].startswith("Inference (real bitstream)")
     assert est["name"] == "tiny (estimated bpp)" and "entropy estimation" in est["description"]
     assert real["results"]["psnr-rgb"] != est["results"]["psnr-rgb"] or real["results"]["bpp"] != est["results"]["bpp"]
-    assert sorted(p.name for p in (out / "points").glob("tiny-q*")) == ["tiny-q1-tiny_q1.json", "tiny-q2-tiny_q2.json"]
+    assert sorted(p.name for p in (out / "points").glob("tiny-q*")) == [
+        "tiny-q1-tiny_q1.json", "tiny-q1-tiny_q1.matches.npz", "tiny-q2-tiny_q2.json", "tiny-q2-tiny_q2.matches.npz"]
     parsed = parse_json_file(out / "tiny.json", "psnr")  # CompressAI's plot tool reads the curve file
     assert parsed["name"] == "tiny" and parsed["xs"] == real["results"]["bpp"]
     assert parsed["ys"] == real["results"]["psnr-rgb"]

@@ -1,8 +1,10 @@
-"""make_tables on the result files of a small run: three table formats, BD-rate, plots."""
+"""make_tables on the result files of a small run: three table formats, BD-rate with
+bootstrap intervals, plots."""
 
 import csv
 import math
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_evaluation_engine import (  # tests/ is on sys.path under pytest
@@ -11,7 +13,15 @@ from test_evaluation_engine import (  # tests/ is on sys.path under pytest
 )
 
 from Evaluation.engine import CodecSpec, run_evaluation
-from Evaluation.make_tables import default_anchor, load_curves, main, make_tables
+from Evaluation.make_tables import (
+    bootstrap_curves,
+    build_parser,
+    default_anchor,
+    load_curves,
+    main,
+    make_tables,
+)
+from icm.ap_bootstrap import PointSamples, image_matches, map_from_matches
 from icm.io import atomic_write_json, read_json
 
 
@@ -31,7 +41,7 @@ def test_tables_and_plots_from_a_small_run(small_run, tmp_path):
     files = sorted(small_run.glob("*.json"))
     assert [f.name for f in files] == ["jpeg.json", "none.json", "webp.json"]
     written = make_tables(files, tmp_path / "tables", tmp_path / "img", anchor="jpeg", method="akima",
-                          plot_protocols=("map-voc07",))
+                          plot_protocols=("map-voc07",), resamples=200)
     names = {p.name for p in written["tables"]}
     for stem in ("results_map-voc07", "bd_map-voc07", "results_map-coco", "bd_map-coco"):
         assert {stem + ".md", stem + ".csv", stem + ".tex"} <= names
@@ -47,6 +57,18 @@ def test_tables_and_plots_from_a_small_run(small_run, tmp_path):
     assert [r["measure"] for r in bd] == ["psnr-rgb", "map-voc07:seen_det", "map-voc07:unseen_det",
                                           "map-voc07:seen-mean", "map-voc07:unseen-mean", "map-voc07:all-mean"]
     assert not math.isnan(float(bd[0]["bd_rate_percent"]))
+    # every BD of webp has its interval (3 images: a coarse one), containing the estimate
+    psnr = bd[0]
+    for what in ("bd_rate_percent", "bd_quality"):
+        low, estimate, high = (float(psnr[what + s]) for s in ("_low", "", "_high"))
+        assert low <= estimate <= high and low < high
+        assert psnr[what + "_excludes_0"] == ("yes" if low > 0 or high < 0 else "no")
+        assert int(psnr[what + "_dropped"]) == 0  # bpp and PSNR rise with quality in every resample
+    assert all(r["bd_quality_low"] != "" for r in bd)
+    md = (tmp_path / "tables" / "bd_map-voc07.md").read_text()
+    assert "| BD-rate (%) [95% CI] | excludes 0 | BD-quality [95% CI] | excludes 0 | dropped (rate/quality) |" in md
+    assert f"{float(psnr['bd_rate_percent']):.2f} [{float(psnr['bd_rate_percent_low']):.2f}, " in md
+    assert "paired bootstrap over the 3 images (200 resamples, seed 0" in md
     tex = (tmp_path / "tables" / "bd_map-voc07.tex").read_text()
     assert "akima interpolation" in tex and r"\begin{tabular}" in tex and "seen\\_det" in tex
     for png in written["plots"]:
@@ -61,12 +83,17 @@ def test_bd_rate_of_a_half_rate_copy_is_minus_50(tmp_path, small_run):
     better["results"] = dict(jpeg["results"], bpp=[b / 2 for b in jpeg["results"]["bpp"]])
     atomic_write_json(tmp_path / "half.json", better)
     make_tables([small_run / "jpeg.json", tmp_path / "half.json"], tmp_path / "t", tmp_path / "img", anchor="jpeg",
-                plot_protocols=None)
+                plot_protocols=None, resamples=50)
     assert not (tmp_path / "img").exists()
     bd = list(csv.DictReader((tmp_path / "t" / "bd_map-voc07.csv").open()))
     assert bd[0]["measure"] == "psnr-rgb"
     assert float(bd[0]["bd_rate_percent"]) == pytest.approx(-50.0, abs=1e-6)
     assert float(bd[0]["bd_quality"]) > 0
+    # half.json's sidecar paths lead nowhere from tmp_path: no intervals, and a note says why
+    assert bd[0]["bd_rate_percent_low"] == "" and bd[0]["bd_rate_percent_excludes_0"] == ""
+    md = (tmp_path / "t" / "bd_map-voc07.md").read_text()
+    assert "| half | PSNR (dB) | -50.00 |  | " in md
+    assert "half: no intervals: no per-image records (.matches.npz) for quality 5, 30, 90" in md
 
 
 def test_points_merge_and_default_anchor(small_run):
@@ -86,3 +113,120 @@ def test_cli_errors_are_one_line(tmp_path, small_run, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad.json")])
     assert "not a result file" in capsys.readouterr().err
+
+
+def test_missing_sidecar_still_loads_with_a_note(small_run, tmp_path):
+    sidecar = small_run / "points" / "webp-q30.matches.npz"
+    kept = sidecar.read_bytes()
+    sidecar.unlink()
+    try:
+        make_tables(sorted(small_run.glob("*.json")), tmp_path / "t", anchor="jpeg", plot_protocols=None,
+                    resamples=20)
+    finally:
+        sidecar.write_bytes(kept)
+    bd = list(csv.DictReader((tmp_path / "t" / "bd_map-coco.csv").open()))
+    assert bd and all(r["bd_quality_low"] == "" for r in bd) and bd[0]["bd_quality"] != ""
+    assert "webp: no intervals: no per-image records (.matches.npz) for quality 30" in (
+        tmp_path / "t" / "tables.md").read_text()
+
+
+def test_plots_default_into_out_and_bootstrap_flags(small_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(small_run / "jpeg.json"), str(small_run / "webp.json"), "--out", "t", "--bootstrap", "0",
+                 "--plot_protocols", "map-voc07"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # nothing outside --out
+    assert sorted(p.name for p in (tmp_path / "t" / "img").iterdir()) == ["rate_map-voc07.png", "rate_psnr.png"]
+    assert "- no intervals (--bootstrap 0)" in (tmp_path / "t" / "bd_map-voc07.md").read_text()
+    helptext = build_parser().format_help()
+    assert "--bootstrap N" in helptext and "(default: 1000)" in helptext and "<--out>/img" in helptext
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([str(small_run / "jpeg.json"), "--bootstrap", "-1"])
+    assert "expected 0 (off)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- synthetic codecs
+
+NUM_IMAGES, QUALITIES = 80, (1, 2, 3, 4)
+
+
+def synthetic_codec(folder, name, found, bpp_scale=1.0, seed=0):
+    """Point files and sidecars of a codec whose detector finds each object with
+    probability ``found[q]`` at quality q (one detector, one class, 80 images; the images
+    and their objects are the same for every codec)."""
+    world = np.random.default_rng(123)
+    base = world.uniform(0.5, 1.5, NUM_IMAGES)
+    gts = []
+    for _ in range(NUM_IMAGES):
+        m = int(world.integers(1, 3))
+        xy = world.uniform(0, 60, (m, 2))
+        gts.append({"boxes": np.concatenate([xy, xy + 20], 1), "labels": np.zeros(m, int)})
+    rng = np.random.default_rng(seed)
+    for q, p in zip(QUALITIES, found):
+        dets = []
+        for g in gts:
+            hit = rng.random(len(g["boxes"])) < p
+            boxes = [g["boxes"][hit] + rng.normal(0, 1, (int(hit.sum()), 4)), world.uniform(0, 60, (2, 2)).repeat(2, 1)]
+            boxes[1][:, 2:] += 15
+            dets.append({"boxes": np.concatenate(boxes), "labels": np.zeros(int(hit.sum()) + 2, int),
+                         "scores": np.concatenate([rng.uniform(0.3, 1, int(hit.sum())), rng.uniform(0, 0.8, 2)])})
+        records = image_matches(gts, dets, 1)
+        bpp = base * 2.0**q / 8 * bpp_scale
+        psnr = 26 + 2 * q + base
+        results = {"bpp": [bpp.mean()], "psnr-rgb": [psnr.mean()]}
+        results["map-voc07:det"] = results["map-voc07:all-mean"] = [map_from_matches(records, "voc07")]
+        stem = f"{name}-q{q}"
+        PointSamples(records.image_ids, {"bpp": bpp, "psnr-rgb": psnr}, {"det": records}).save(
+            folder / f"{stem}.matches.npz")
+        atomic_write_json(folder / f"{stem}.json", {"name": name, "codec": {"kind": "checkpoint"}, "qualities": [q],
+                                                    "results": results, "sidecar": f"{stem}.matches.npz"})
+    return sorted(folder.glob(f"{name}-q*.json"))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    found = (0.35, 0.55, 0.75, 0.9)
+    files = synthetic_codec(folder, "anchor", found)
+    files += synthetic_codec(folder, "copy", found)  # the anchor again, another name
+    files += synthetic_codec(folder, "redraw", found, seed=1)  # the same codec, other detection noise
+    files += synthetic_codec(folder, "better", [p + 0.1 for p in found], seed=2)
+    files += synthetic_codec(folder, "flat", (0.35, 0.62, 0.64, 0.9), seed=3)  # q2 and q3 hardly differ
+    return folder, files
+
+
+def test_intervals_of_the_same_a_better_and_a_flat_codec(synthetic, tmp_path):
+    folder, files = synthetic
+    make_tables(files, tmp_path, anchor="anchor", plot_protocols=None, resamples=400, seed=5)
+    rows = {(r["codec"], r["measure"]): r for r in csv.DictReader((tmp_path / "bd_map-voc07.csv").open())}
+
+    def interval(codec, measure, what):
+        r = rows[(codec, measure)]
+        return tuple(float(r[what + s]) for s in ("_low", "", "_high")) + (r[what + "_excludes_0"],)
+
+    for measure in ("psnr-rgb", "map-voc07:det"):  # the anchor under another name: exactly 0
+        assert interval("copy", measure, "bd_rate_percent") == (0.0, 0.0, 0.0, "no")
+    low, estimate, high, excludes = interval("redraw", "map-voc07:det", "bd_quality")
+    assert low < 0 < high and excludes == "no" and low <= estimate <= high
+    assert high - low < 0.15  # BD-mAP within about +-6 mAP points on 80 images
+    low, estimate, high, excludes = interval("better", "map-voc07:det", "bd_quality")
+    assert 0 < low <= estimate <= high and excludes == "yes"  # +10% recall: more mAP at equal bpp
+    low, estimate, high, excludes = interval("better", "map-voc07:det", "bd_rate_percent")
+    assert low <= estimate <= high < 0 and excludes == "yes"
+    # flat: q2 and q3 swap places in some resamples -> no BD-rate there (BD-quality needs
+    # only the rate to be monotonic)
+    flat = rows[("flat", "map-voc07:det")]
+    curves = load_curves(files)
+    by_name = {c.name: c for c in curves}
+    boot = bootstrap_curves(curves, by_name["anchor"], 400, seed=5)
+    flat_bad, anchor_bad = ((np.diff(boot.values[c]["map-voc07:det"], axis=1) <= 0).any(1)  # points by bpp
+                            for c in ("flat", "anchor"))
+    not_monotonic = int((flat_bad | anchor_bad).sum())
+    assert anchor_bad.sum() < 20 < flat_bad.sum() < 380
+    assert int(flat["bd_rate_percent_dropped"]) == not_monotonic
+    assert int(flat["bd_quality_dropped"]) == 0
+    md = (tmp_path / "bd_map-voc07.md").read_text()
+    assert "| flat | det (mAP points) | " in md and f"| {not_monotonic}/0 |" in md
+    # the full-sample value of every resampled array is the JSON's
+    assert map_from_matches(PointSamples.load(folder / "flat-q2.matches.npz").matches["det"], "voc07") == pytest.approx(
+        read_json(folder / "flat-q2.json")["results"]["map-voc07:det"][0])
