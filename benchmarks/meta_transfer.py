@@ -3,6 +3,7 @@ against same-size random controls, with paired bootstrap intervals.
 
     python benchmarks/meta_transfer.py                                  # toy world, defaults
     python benchmarks/meta_transfer.py --smooth 15 --epsilon 16/255 --out runs/transfer/ti16.json
+    python benchmarks/meta_transfer.py --summarize runs/transfer/*.json   # one row per result file
 
 For the first ``--limit`` images of ``--split`` (images the detectors were not trained on),
 stage one (MetaAAFG/meta_aafg.py, with any of its options given here) perturbs each image
@@ -289,8 +290,35 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def summary_table(results: dict[str, dict]) -> str:
+    """One row per result file (label -> result): mean |delta| and the seen and unseen means'
+    changes, with their intervals (mAP points). Differences against a control that a file
+    predates are left empty."""
+    def cell(row, key):
+        d = row.get(key)
+        return "" if d is None else f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+    lines = ["| setting | mean \\|delta\\| | seen: maa - clean | unseen: maa - clean | unseen: random - clean "
+             "| unseen: maa - random | unseen: maa - smooth | unseen: noise - clean |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, result in results.items():
+        seen, unseen = result["detectors"]["seen mean"], result["detectors"]["unseen mean"]
+        lines.append(f"| {label} | {result['mean_abs_delta_levels']['maa']:.2f} | {cell(seen, 'maa-clean')} | "
+                     + " | ".join(cell(unseen, k) for k in ("maa-clean", "random-clean", "maa-random",
+                                                              "maa-smooth", "noise-clean")) + " |")
+    return "\n".join(lines)
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--summarize"]:  # python meta_transfer.py --summarize runs/transfer/*.json
+        from icm.io import read_json
+
+        results = {Path(path).stem: read_json(path) for path in argv[1:]}
+        print(summary_table({k: v for k, v in results.items() if "detectors" in v}))
+        return results
     args = build_parser().parse_args(argv)
     result = run(args)
     print(format_table(result))

@@ -136,3 +136,9 @@ def test_a_tiny_run_reports_map_differences_with_intervals(tmp_path, monkeypatch
     assert "| unseen mean | no |" in table and "Input-gradient cosine" in table
     assert "maa - random" in table and "maa - smooth" in table and "noise - clean" in table
     assert np.isfinite(result["gradient_cosine_means"]["smoothed"]["seen-unseen"])
+    # The summary of result files: one row per file, with the unseen mean's intervals.
+    meta_transfer.main(["--summarize", str(out)])
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[0].startswith("| setting |") and summary[2].startswith("| transfer | ")
+    unseen = rows["unseen mean"]["maa-random"]
+    assert f"{100 * unseen['estimate']:+.1f} [{100 * unseen['low']:+.1f}, {100 * unseen['high']:+.1f}]" in summary[2]
