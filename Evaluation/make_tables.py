@@ -80,6 +80,8 @@ MATCH_PROTOCOLS = {"map-voc07": "voc07", "map-voc12": "voc12", "map-coco": "coco
                    "ap50-coco": "coco50", "ap75-coco": "coco75"}
 DEFAULT_RESAMPLES = 1000
 CONFIDENCE = 0.95
+# More dropped (non-monotonic) resamples than this and an interval is no basis for a claim.
+MAX_DROPPED = 0.1
 
 
 @dataclass
@@ -300,7 +302,7 @@ def bd_table(curves: list[Curve], anchor: Curve, protocol: str | None, method: s
             row, csv_row = [c.name, title], [c.name, key]
             for estimate, ci in zip(estimates, intervals):
                 low, high = (ci.low, ci.high) if ci else (None, None)
-                excludes = None if ci is None or _missing(ci.low) else ("yes" if ci.excludes_zero else "no")
+                excludes = _excludes_zero(estimate, ci)
                 row += [(estimate, low, high), excludes]
                 csv_row += [estimate, low, high, excludes, ci.dropped if ci else None]
             row.append(f"{intervals[0].dropped}/{intervals[1].dropped}" if intervals[0] and intervals[1] else None)
@@ -313,6 +315,16 @@ def bd_table(curves: list[Curve], anchor: Curve, protocol: str | None, method: s
     notes = bootstrap.describe(protocol) if bootstrap else ["no intervals (--bootstrap 0)"]
     return Table(title, header, rows, ["s", "s", ".2f", "s", ".3f", "s", "s"], [1] * 7, row_scales=scales,
                  row_scale_column=4, csv_header=csv_header, csv_rows=csv_rows, notes=notes)
+
+
+def _excludes_zero(estimate: float, ci: Interval | None) -> str | None:
+    """'yes' / 'no', or 'unstable' where no claim can be made: the estimate itself has no BD
+    (a curve is not monotonic) or more than MAX_DROPPED of the resamples had none."""
+    if ci is None or _missing(ci.low):
+        return None
+    if _missing(estimate) or ci.dropped > MAX_DROPPED * (ci.resamples + ci.dropped):
+        return "unstable"
+    return "yes" if ci.excludes_zero else "no"
 
 
 def _get(curve: Curve, key: str, i: int):
@@ -374,8 +386,9 @@ class Bootstrap:
         notes = [f"[{CONFIDENCE:.0%} CI]: percentile interval of a paired bootstrap over the {self.num_images} "
                  f"images ({self.resamples} resamples, seed {self.seed}; the same images for both codecs and "
                  "every point). 'excludes 0': yes = the difference to the anchor is outside the noise of the "
-                 "image sample; no = not distinguishable. 'dropped': resamples whose curves are not "
-                 "monotonic (no BD), left out of the interval."]
+                 "image sample; no = not distinguishable; unstable = no claim: the estimate has no BD or "
+                 f"more than {MAX_DROPPED:.0%} of the resamples were dropped. 'dropped': resamples whose curves "
+                 "are not monotonic (no BD), left out of the interval."]
         if protocol and protocol not in MATCH_PROTOCOLS:
             notes.append(f"{PROTOCOL_TITLES[protocol]}: no per-image records for this protocol; intervals "
                          "for PSNR only.")

@@ -21,7 +21,7 @@ from Evaluation.make_tables import (
     main,
     make_tables,
 )
-from icm.ap_bootstrap import PointSamples, image_matches, map_from_matches
+from icm.ap_bootstrap import Interval, PointSamples, image_matches, map_from_matches
 from icm.io import atomic_write_json, read_json
 
 
@@ -225,6 +225,15 @@ def test_intervals_of_the_same_a_better_and_a_flat_codec(synthetic, tmp_path):
     assert anchor_bad.sum() < 20 < flat_bad.sum() < 380
     assert int(flat["bd_rate_percent_dropped"]) == not_monotonic
     assert int(flat["bd_quality_dropped"]) == 0
+    # more than 10% of the resamples dropped: no claim either way
+    assert flat["bd_rate_percent_excludes_0"] == ("unstable" if not_monotonic > 40 else flat["bd_rate_percent_excludes_0"])
+    assert flat["bd_quality_excludes_0"] in ("yes", "no")
+    from Evaluation.make_tables import _excludes_zero
+
+    assert _excludes_zero(-5.0, Interval(-5.0, -8.0, -2.0, 950, 50)) == "yes"
+    assert _excludes_zero(-5.0, Interval(-5.0, -8.0, -2.0, 850, 150)) == "unstable"
+    assert _excludes_zero(math.nan, Interval(math.nan, -8.0, -2.0, 1000, 0)) == "unstable"
+    assert _excludes_zero(1.0, Interval(1.0, -1.0, 2.0, 1000, 0)) == "no"
     md = (tmp_path / "bd_map-voc07.md").read_text()
     assert "| flat | det (mAP points) | " in md and f"| {not_monotonic}/0 |" in md
     # the full-sample value of every resampled array is the JSON's
