@@ -7,8 +7,11 @@
 Steps (each skipped when its asset already exists, unless ``--force``):
 
 1. ``data``: the synthetic toy set in ``data/toy`` (``icm.data.toy``).
-2. one step per toy detector: ``scripts/train_detector.py`` from scratch into
-   ``runs/toy_assets/<name>/``, then ``assets/toy/<name>.pt`` (our fp16 checkpoint, written
+2. one step per toy detector: its backbone family's body pretrained on the toy
+   classification task (``scripts/pretrain_backbone.py`` into ``runs/toy_assets/pretrain/``,
+   once per family), then ``scripts/train_detector.py`` from that body with photometric
+   augmentation (``--no_pretrain`` / ``--no_augment``: the first toy world's recipe, from
+   scratch) into ``runs/toy_assets/<name>/``, then ``assets/toy/<name>.pt`` (our fp16 checkpoint, written
    only when its validation mAP@0.5, re-measured on the shipped file, reaches ``--min_map``)
    and the card ``assets/toy/<name>.json``.
 3. ``codec``: a ScaleHyperprior (bmshj2018-hyperprior, N=64, M=96) trained with
@@ -51,14 +54,17 @@ from icm.io import atomic_torch_save, atomic_write_json, read_json, read_jsonl  
 # Toy detectors: seen (stage one attacks them) first, then unseen; default batch size and
 # training minutes each (the two-stage models learn slowest on CPU), and a peak learning
 # rate where the family default (icm.detectors.training.FAMILY_DEFAULTS) learns too slowly.
+# ``family``: the backbone family; one pretrained body per family (scripts/pretrain_backbone.py),
+# shared by every detector of that family. No unseen detector shares a family with a seen one.
 DETECTORS: dict[str, dict] = {
-    "toy_faster_rcnn": {"role": "seen", "batch_size": 16, "minutes": 28.0},
-    "toy_centernet": {"role": "seen", "batch_size": 32, "minutes": 12.0},
-    "toy_yolov3": {"role": "seen", "batch_size": 32, "minutes": 10.0},
-    "toy_yolov8": {"role": "unseen", "batch_size": 32, "minutes": 6.0},
-    "toy_fcos": {"role": "unseen", "batch_size": 16, "minutes": 15.0},
-    "toy_ssdlite": {"role": "unseen", "batch_size": 32, "minutes": 18.0},
+    "toy_faster_rcnn": {"role": "seen", "batch_size": 16, "minutes": 28.0, "family": "mobilenetv3-small"},
+    "toy_centernet": {"role": "seen", "batch_size": 32, "minutes": 12.0, "family": "resnet18-quarter"},
+    "toy_yolov3": {"role": "seen", "batch_size": 32, "minutes": 10.0, "family": "darknet-tiny"},
+    "toy_yolov8": {"role": "unseen", "batch_size": 32, "minutes": 6.0, "family": "csp-c2f"},
+    "toy_fcos": {"role": "unseen", "batch_size": 16, "minutes": 15.0, "family": "shufflenetv2"},
+    "toy_ssdlite": {"role": "unseen", "batch_size": 32, "minutes": 18.0, "family": "mobilenetv3-large"},
 }
+PRETRAIN_STEPS = 800  # scripts/pretrain_backbone.py defaults otherwise (8000 images of 64 px)
 CODEC_QUALITIES = (4, 3, 2, 1)  # trained in this order: highest lambda from scratch, then down
 CODEC_ARCH = {"backbone": "bmshj2018-hyperprior", "N": 64, "M": 96}
 CODEC_BATCH_SIZE = 16
@@ -95,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                    + f", first codec {CODEC_MINUTES_SCRATCH:g}, others {CODEC_MINUTES_FINETUNE:g}")
     p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--no_pretrain", action="store_true",
+                   help="detectors from random init (the first toy world's recipe); default: each body "
+                   "pretrained on the toy classification task first")
+    p.add_argument("--no_augment", action="store_true",
+                   help="no photometric augmentation in detector training (the first toy world's recipe)")
+    p.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS, help="steps of each body's pretraining")
     p.add_argument("--min_map", type=float, default=0.5, help="validation mAP@0.5 a detector needs to be shipped")
     p.add_argument("--max_extensions", type=int, default=2,
                    help="continuations of a detector run whose best mAP@0.5 is below --min_map")
@@ -222,14 +234,32 @@ def build_data(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- detectors
 
 
+def pretrained_body(name: str, args: argparse.Namespace) -> Path:
+    """The pretrained body of ``name``'s backbone family (pretrained now if missing)."""
+    family = DETECTORS[name]["family"]
+    path = Path(args.runs) / "pretrain" / f"{family}.pt"
+    wait_for_other_build(path.parent / family, name)
+    if not path.is_file():
+        log(f"{name}: pretraining the {family} body ({args.pretrain_steps} steps; log {path.with_suffix('.log')})")
+        (path.parent / family).mkdir(parents=True, exist_ok=True)
+        run_logged([sys.executable, str(REPO_ROOT / "scripts" / "pretrain_backbone.py"), "--model", name,
+                    "--out", str(path), "--steps", str(args.pretrain_steps), "--seed", str(args.seed)],
+                   path.with_suffix(".log"), args.threads, path.parent / family / PID_FILE)
+    return path
+
+
 def train_detector_cmd(name: str, args: argparse.Namespace, out: Path, batch_size: int, steps: int,
-                       val: bool = True, val_every: int = 1, init: str | None = None, lr: float | None = None) -> list[str]:
+                       val: bool = True, val_every: int = 1, init: str | None = None, lr: float | None = None,
+                       recipe: dict | None = None) -> list[str]:
+    recipe = recipe or {}
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_detector.py"), "--model", name,
            "--dataset", "toy", "--data_root", args.data_root, "--weights", init or "none",
            "--batch_size", str(batch_size), "--max_steps", str(steps), "--seed", str(args.seed),
            "--val_split", "val" if val else "none", "--val_every", str(val_every),
            "--log_every", "1" if not val else "10", "--checkpoint_every", "200", "--no_progress",
            "--out", str(out)]
+    cmd += ["--augment"] if recipe.get("augment") else []
+    cmd += ["--init_backbone", recipe["init_backbone"]] if recipe.get("init_backbone") and not init else []
     return cmd + (["--lr", str(lr)] if lr is not None else [])
 
 
@@ -238,7 +268,7 @@ def train_stage(name: str, args: argparse.Namespace, stage_dir: Path, plan: dict
     if (stage_dir / "summary.json").is_file():
         return
     cmd = train_detector_cmd(name, args, stage_dir, plan["batch_size"], plan["steps"], val_every=plan["val_every"],
-                             init=plan.get("init"), lr=plan.get("lr"))
+                             init=plan.get("init"), lr=plan.get("lr"), recipe=plan.get("recipe"))
     resume = (stage_dir / "resume.pt").is_file()
     log(f"{name}: {'resuming' if resume else 'training'} {plan['steps']} steps at batch {plan['batch_size']}"
         f"{' from ' + plan['init'] if plan.get('init') else ''} (log {stage_dir / 'train.log'})")
@@ -261,11 +291,15 @@ def build_detector_asset(name: str, args: argparse.Namespace, budget: Budget) ->
     if plan_path.is_file():
         plan = read_json(plan_path)
     else:
+        recipe = {"augment": not args.no_augment,
+                  "init_backbone": None if args.no_pretrain else str(pretrained_body(name, args))}
+
         def time_one_step() -> float:
             return timing_run(name, args, spec["batch_size"], "seconds", lambda timing_dir: train_detector_cmd(
-                name, args, timing_dir, spec["batch_size"], TIMING_STEPS, val=False))
+                name, args, timing_dir, spec["batch_size"], TIMING_STEPS, val=False, recipe=recipe))
 
-        plan = {"batch_size": spec["batch_size"], **budget.plan(name, spec["minutes"], time_one_step)}
+        plan = {"batch_size": spec["batch_size"], "recipe": recipe,
+                **budget.plan(name, spec["minutes"], time_one_step)}
         if "lr" in spec:
             plan["lr"] = spec["lr"]
         steps_per_epoch = math.ceil(args.train_images / plan["batch_size"])
@@ -289,7 +323,8 @@ def build_detector_asset(name: str, args: argparse.Namespace, budget: Budget) ->
             rate = wall_minutes(records, "seconds") * 60 / max(1, read_json(stages[-1] / "summary.json")["steps"])
             steps = max(10, int(args.extend_minutes * 60 / rate))
             steps_per_epoch = math.ceil(args.train_images / plan["batch_size"])
-            extension = {"batch_size": plan["batch_size"], "steps": steps, "minutes_budget": args.extend_minutes,
+            extension = {"batch_size": plan["batch_size"], "recipe": plan.get("recipe"),
+                         "steps": steps, "minutes_budget": args.extend_minutes,
                          "seconds_per_step": round(rate, 3), "val_every": max(1, round(steps / steps_per_epoch / 4)),
                          "init": str(init), "lr": FAMILY_DEFAULTS[family][1] / 3}
             stage_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +356,8 @@ def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Name
         "name": name,
         "architecture": name,
         "role": DETECTORS[name]["role"],
+        "backbone_family": DETECTORS[name]["family"],
+        "recipe": plan.get("recipe") or {"augment": False, "init_backbone": None},
         "classes": list(checkpoint["classes"]),
         # Steps up to the shipped (best) checkpoint, earlier stages included.
         "steps": sum(summary["steps"] for summary in summaries[:best_stage]) + checkpoint["card"]["steps"],

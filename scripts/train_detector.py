@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup_steps", type=int, help="linear warm-up steps; default 10%% of the steps, at most 500")
     p.add_argument("--clip_grad", type=float, default=10.0, help="max gradient norm (0: no clipping)")
     p.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
+    p.add_argument("--augment", action="store_true",
+                   help="photometric augmentation of zoo recipes: colour jitter (p 0.8, +-20%%), Gaussian blur "
+                   "(p 0.3, sigma 0.1-1.2 px), Gaussian noise (p 0.5, sigma up to 12/255)")
+    p.add_argument("--init_backbone", default=None, metavar="PATH",
+                   help="start the body from a pretrained backbone file (icm.detectors.pretraining; "
+                   "scripts/build_toy_assets.py makes them for the toy detectors); the rest stays random")
     p.add_argument("--out", default="runs/detector", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from resume.pt")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -102,17 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_split and args.val_split.lower() != "none":
         val_set = load_dataset(args.dataset, split=args.val_split, root=args.data_root, limit=args.limit)
     detector = build_for_training(args.model, train_set.classes, args.weights, args.new_head, device)
+    backbone_card = None
+    if args.init_backbone:  # on --resume the run's own weights replace these; the card keeps the record
+        from icm.detectors.pretraining import load_body
+
+        if args.weights.lower() != "none":
+            raise ValueError("--init_backbone starts from random weights: give --weights none")
+        backbone_card = load_body(args.init_backbone, detector)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(out, args, str(device))
     settings = TrainSettings(
         max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, warmup_steps=args.warmup_steps, clip_grad=args.clip_grad,
-        hflip=args.hflip, seed=args.seed, num_workers=args.num_workers, log_every=args.log_every, val_every=args.val_every,
+        hflip=args.hflip, augment=args.augment, seed=args.seed, num_workers=args.num_workers, log_every=args.log_every, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
     )
     summary = train_detector(
         detector, train_set, val_set, out, settings, device, resume=args.resume,
-        card_extra={"weights_init": args.weights, "split": args.split, "val_split": args.val_split},
+        card_extra={"weights_init": args.weights, "split": args.split, "val_split": args.val_split,
+                    "init_backbone": None if backbone_card is None else {"path": args.init_backbone, **backbone_card}},
         progress=not args.no_progress, pretrained=args.weights.lower() != "none",
     )
     losses = summary.pop("losses")

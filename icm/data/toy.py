@@ -22,6 +22,7 @@ crash never leaves a half set where a complete one is expected.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import io
 import json
@@ -51,6 +52,13 @@ RADIUS_RANGE = (0.07, 0.2)  # circumradius of a shape, as a fraction of the imag
 MIN_CONTRAST = 80.0  # mean RGB distance between a shape's colour and the pixels it covers
 PIXEL_NOISE = 4.0  # standard deviation of the additive pixel noise, in 8-bit levels
 PLACEMENT_TRIES = 30
+BACKGROUND_KINDS = ("smooth noise", "gradient", "stripes")
+
+# The toy world's ImageNet (upstream pretraining of the toy detectors' backbones): one large
+# shape on a texture, labelled with its shape, its colour (hue sector) and the texture kind.
+CLASSIFICATION_LABELS = ("shape", "hue", "background")
+HUE_SECTORS = 6
+CLASSIFICATION_RADIUS = (0.2, 0.42)
 
 
 def make_toy_dataset(
@@ -174,7 +182,11 @@ def render_toy_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, l
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A float32 ``[size, size, 3]`` texture: smooth noise, a gradient or stripes."""
-    kind = int(rng.integers(3))
+    return _background_of_kind(rng, size, int(rng.integers(len(BACKGROUND_KINDS))))
+
+
+def _background_of_kind(rng: np.random.Generator, size: int, kind: int) -> np.ndarray:
+    """One texture of :data:`BACKGROUND_KINDS` (index ``kind``)."""
     if kind == 0:
         cells = int(rng.integers(3, 9))
         grid = rng.uniform(30, 225, (cells, cells, 3)).astype(np.uint8)
@@ -189,6 +201,40 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         period = rng.uniform(0.06, 0.25) * size
         t = 0.5 + 0.5 * np.sin(2 * math.pi * along / period + rng.uniform(0, 2 * math.pi))
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
+
+
+def render_toy_classification(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """One classification image (uint8 ``[size, size, 3]``) and its labels (shape index in
+    :data:`TOY_CLASSES`, hue sector 0..HUE_SECTORS-1, background kind): a single large
+    shape, shaded, on a texture, with the detection set's pixel noise. No evaluation uses
+    this task; it only pretrains the toy detectors' backbones."""
+    background = int(rng.integers(len(BACKGROUND_KINDS)))
+    canvas = _background_of_kind(rng, size, background)
+    shape = int(rng.integers(len(TOY_CLASSES)))
+    radius = float(rng.uniform(*CLASSIFICATION_RADIUS)) * size
+    cx, cy = rng.uniform(radius + 1, size - 1 - radius, size=2)
+    mask = _shape_mask(TOY_CLASSES[shape], float(cx), float(cy), radius, float(rng.uniform(0, 2 * math.pi)), size)
+    hue = int(rng.integers(HUE_SECTORS))
+    h = (hue + rng.uniform(-0.35, 0.35)) / HUE_SECTORS % 1.0
+    colour = 255 * np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.55, 1.0), rng.uniform(0.5, 1.0)), dtype=np.float32)
+    rows, cols = np.nonzero(mask)
+    shade_angle = rng.uniform(0, 2 * math.pi)
+    shade = 1 + 0.15 * ((cols - cx) * math.cos(shade_angle) + (rows - cy) * math.sin(shade_angle)) / radius
+    canvas[rows, cols] = colour * shade[:, None].astype(np.float32)
+    canvas += PIXEL_NOISE * rng.standard_normal(canvas.shape, dtype=np.float32)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), (shape, hue, background)
+
+
+def toy_classification_arrays(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` classification images (uint8 ``[N, 3, size, size]``) and labels
+    (int64 ``[N, 3]``, columns :data:`CLASSIFICATION_LABELS`); image i is drawn from a
+    generator seeded with (seed, i), so any prefix is the same for any ``count``."""
+    images = np.empty((count, 3, size, size), dtype=np.uint8)
+    labels = np.empty((count, len(CLASSIFICATION_LABELS)), dtype=np.int64)
+    for i in tqdm(range(count), desc="toy classification images", unit="img", disable=None):
+        pixels, labels[i] = render_toy_classification(np.random.default_rng([seed, 7, i]), size)
+        images[i] = pixels.transpose(2, 0, 1)
+    return images, labels
 
 
 @functools.cache

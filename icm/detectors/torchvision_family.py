@@ -22,10 +22,10 @@ FrozenBatchNorm2d (those without ``num_batches_tracked`` in the state dict) beco
 FrozenBatchNorm2d, and the legacy COCO_V1 weights get torchvision's ``eps=0`` fix, so the
 model equals the library's (checked in tests/test_detectors_torchvision.py).
 
-Toy architectures (own classes, trained from scratch, 128 px): ``toy_faster_rcnn``,
-``toy_fcos`` and ``toy_retinanet`` (MobileNetV3-small + 64-channel FPN, anchors of 8-128 px;
-the same backbone) and ``toy_ssdlite`` (SSDlite at half width with the reduced tail, input
-128x128).
+Toy architectures (own classes, 128 px): ``toy_faster_rcnn`` and ``toy_retinanet``
+(MobileNetV3-small + 64-channel FPN, anchors of 8-128 px), ``toy_fcos`` (ShuffleNetV2 x0.5 +
+64-channel FPN: a body family no seen toy detector uses) and ``toy_ssdlite`` (SSDlite at half
+width with the reduced tail, input 128x128).
 """
 
 from __future__ import annotations
@@ -89,6 +89,22 @@ def _mobilenet_fpn(extra_blocks: nn.Module) -> nn.Module:
     )
 
 
+def _shufflenet_fpn(extra_blocks: nn.Module) -> nn.Module:
+    """ShuffleNetV2 x0.5 (random init) with a 64-channel FPN on strides 8, 16, 32: a body
+    family that no seen toy detector uses."""
+    from collections import OrderedDict
+
+    from torchvision.models import shufflenet_v2_x0_5
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    net = shufflenet_v2_x0_5(weights=None)
+    body = nn.Sequential(OrderedDict(
+        (name, getattr(net, name)) for name in ("conv1", "maxpool", "stage2", "stage3", "stage4")
+    ))
+    return BackboneWithFPN(body, {"stage2": "0", "stage3": "1", "stage4": "2"}, [48, 96, 192], TOY_FPN_CHANNELS,
+                           extra_blocks=extra_blocks)
+
+
 def _toy_faster_rcnn(num_classes: int, **kwargs) -> nn.Module:
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -141,7 +157,7 @@ def _toy_fcos(num_classes: int, **kwargs) -> nn.Module:
 
     anchors = AnchorGenerator(_five_level_anchor_sizes((1.0,)), ((1.0,),) * 5)
     options = {"min_size": TOY_SIZE, "max_size": 2 * TOY_SIZE, **kwargs}
-    backbone = _mobilenet_fpn(LastLevelP6P7(TOY_FPN_CHANNELS, TOY_FPN_CHANNELS))
+    backbone = _shufflenet_fpn(LastLevelP6P7(TOY_FPN_CHANNELS, TOY_FPN_CHANNELS))
     return FCOS(backbone, num_classes, anchor_generator=anchors, **options)
 
 

@@ -65,6 +65,7 @@ class TrainSettings:
     warmup_steps: int | None = None  # None: 10% of the steps, at most 500
     clip_grad: float = 10.0  # max gradient norm; 0 disables clipping
     hflip: float = 0.5  # probability of a horizontal flip per image
+    augment: bool = False  # photometric augmentation (colour, blur, noise: see photometric())
     seed: int = 0
     num_workers: int = 0
     log_every: int = 10
@@ -118,18 +119,55 @@ def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, di
     return image.flip(-1), {**target, "boxes": boxes}
 
 
-class _EpochData(Dataset):
-    """Dataset items with this epoch's flips applied (flip decided per index)."""
+# The mild photometric augmentation of zoo detection recipes (torchvision's and ultralytics'
+# colour jitter, blur and noise), each applied with its probability.
+COLOUR_JITTER = (0.8, 0.2)  # probability; brightness, contrast and saturation factors in 1 +- 0.2
+BLUR = (0.3, (0.1, 1.2))  # probability; Gaussian sigma range in pixels (5x5 kernel)
+NOISE = (0.5, 12 / 255)  # probability; Gaussian noise sigma drawn from [0, this]
 
-    def __init__(self, images: DetectionImageDataset, flips: torch.Tensor) -> None:
+
+def photometric(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Colour jitter, Gaussian blur and Gaussian noise on one RGB [0, 1] image (boxes do not
+    move), drawn from ``generator``; clamped to [0, 1]."""
+    def draw() -> float:
+        return float(torch.rand((), generator=generator))
+
+    x = image
+    if draw() < COLOUR_JITTER[0]:
+        b, c, s = (1 + COLOUR_JITTER[1] * (2 * draw() - 1) for _ in range(3))
+        x = x * b
+        x = (x - x.mean()) * c + x.mean()
+        grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+        x = ((x - grey) * s + grey).clamp(0, 1)
+    if draw() < BLUR[0]:
+        sigma = BLUR[1][0] + (BLUR[1][1] - BLUR[1][0]) * draw()
+        r = torch.arange(5, dtype=torch.float32) - 2
+        k = torch.exp(-0.5 * (r / sigma) ** 2)
+        k = (k / k.sum()).to(x)
+        x = torch.nn.functional.conv2d(torch.nn.functional.pad(x[:, None], (2, 2, 2, 2), mode="replicate"),
+                                       (k[:, None] * k[None, :])[None, None])[:, 0]
+    if draw() < NOISE[0]:
+        sigma = NOISE[1] * draw()
+        x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
+    return x.clamp(0, 1)
+
+
+class _EpochData(Dataset):
+    """Dataset items with this epoch's flips applied (flip decided per index) and, with
+    ``augment_seed``, :func:`photometric` drawn from a generator seeded by (seed, index)."""
+
+    def __init__(self, images: DetectionImageDataset, flips: torch.Tensor, augment_seed: int | None = None) -> None:
         self.images = images
         self.flips = flips
+        self.augment_seed = augment_seed
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image, target = self.images[i]
+        if self.augment_seed is not None:
+            image = photometric(image, torch.Generator().manual_seed(self.augment_seed * 1_000_003 + i))
         return hflip(image, target) if self.flips[i] else (image, target)
 
 
@@ -267,7 +305,8 @@ def train_detector(
     while step < settings.max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         batches, flips = epoch_batches(len(train_set), settings.batch_size, settings.seed, epoch, settings.hflip)
-        loader = DataLoader(_EpochData(images, flips), batch_sampler=batches[skip:],
+        augment_seed = (settings.seed * 10_007 + epoch) if settings.augment else None
+        loader = DataLoader(_EpochData(images, flips, augment_seed), batch_sampler=batches[skip:],
                             num_workers=settings.num_workers, collate_fn=collate_detection)
         for batch_images, batch_targets in loader:
             loss = detector.loss([img.to(device) for img in batch_images], training_targets(batch_targets, device))
