@@ -218,3 +218,54 @@ def test_resume_keeps_the_runs_optimiser_and_may_extend_it(toy8, tmp_path):
         assert main([*common, "--max_steps", "3", "--optimizer", "adamw", "--resume"]) == 0
     state = torch.load(out / "resume.pt", weights_only=True)
     assert state["step"] == 3 and state["settings"]["optimizer"] == "sgd" and state["settings"]["max_steps"] == 3
+
+
+def test_photometric_augmentation_is_mild_deterministic_and_leaves_the_boxes():
+    from icm.detectors.training import _EpochData, photometric
+
+    ramp = torch.linspace(0.2, 0.8, 32)
+    image = torch.stack([ramp[None, :].expand(32, 32), ramp[:, None].expand(32, 32), torch.full((32, 32), 0.5)])
+    a = photometric(image, torch.Generator().manual_seed(5))
+    b = photometric(image, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == image.shape and 0 <= a.min() and a.max() <= 1
+    changes = [(photometric(image, torch.Generator().manual_seed(s)) - image).abs().mean().item() for s in range(40)]
+    assert sum(c > 1e-6 for c in changes) >= 30  # most draws change the image (p: 0.8, 0.3, 0.5)
+    assert max(changes) < 0.12  # mild: a few levels to a few percent on average
+
+    class Items:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return image, {"boxes": torch.tensor([[1.0, 2.0, 10.0, 12.0]]), "labels": torch.tensor([0])}
+
+    data = _EpochData(Items(), torch.zeros(2, dtype=torch.bool), augment_seed=3)
+    (x0, t0), (x1, _) = data[0], data[1]
+    assert torch.equal(t0["boxes"], torch.tensor([[1.0, 2.0, 10.0, 12.0]]))
+    assert torch.equal(x0, data[0][0]) and not torch.equal(x0, x1)  # per index, reproducible
+    assert torch.equal(_EpochData(Items(), torch.zeros(2, dtype=torch.bool))[0][0], image)
+
+
+def test_augment_and_init_backbone_are_recorded_in_the_card(toy8, tmp_path, capsys):
+    from icm.detectors import read_detector_checkpoint
+    from icm.detectors.pretraining import save_body
+
+    body_source = build_detector("toy_yolov3", classes=TOY_CLASSES, num_classes=6, weights=None)
+    with torch.no_grad():
+        for p in body_source.model.model[0].parameters():
+            p.fill_(0.25)
+    save_body(tmp_path / "body.pt", body_source, {"task": "test"})
+    main = _script().main
+    out = tmp_path / "run"
+    common = ["--model", "toy_yolov3", "--dataset", "toy", "--data_root", str(toy8), "--batch_size", "4",
+              "--no_progress", "--val_split", "none", "--max_steps", "1", "--lr", "1e-9"]
+    assert main([*common, "--augment", "--init_backbone", str(tmp_path / "body.pt"), "--out", str(out)]) == 0
+    card = read_detector_checkpoint(out / "last.pt")["card"]
+    assert card["settings"]["augment"] is True and card["init_backbone"]["task"] == "test"
+    trained = build_detector("toy_yolov3", weights=str(out / "last.pt"))
+    first = next(trained.model.model[0].parameters())
+    assert torch.allclose(first.float(), torch.full_like(first.float(), 0.25), atol=1e-3)  # started from the body
+    with pytest.raises(SystemExit) as e:
+        main([*common, "--init_backbone", str(tmp_path / "body.pt"), "--weights", str(out / "last.pt"),
+              "--out", str(tmp_path / "other")])
+    assert e.value.code == 2 and "--init_backbone starts from random weights" in capsys.readouterr().err

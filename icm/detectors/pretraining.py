@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,7 +182,7 @@ def load_body(path: str | os.PathLike, detector: Detector) -> dict:
     path = Path(path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(f"{path}: not a readable backbone file ({str(e).splitlines()[0]})") from e
     if not isinstance(saved, dict) or saved.get("format") != BACKBONE_FORMAT:
         raise ValueError(f"{path}: not a pretrained backbone (format {BACKBONE_FORMAT!r})")
