@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
 
+from Evaluation.engine import voc_ground_truth  # noqa: E402
 from icm.ap_bootstrap import (  # noqa: E402
     bootstrap_weights,
     image_matches,
@@ -228,8 +229,7 @@ def run(args: argparse.Namespace) -> dict:
     bar.close()
     seconds = time.perf_counter() - start
 
-    ground_truth = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult | s.iscrowd | s.group}
-                    for s in samples]
+    ground_truth = voc_ground_truth(samples)
     matches = {v: {n: image_matches(ground_truth, predictions[v][n], len(dataset.classes), coco=False)
                    for n in detectors} for v in VARIANTS}
     weights_b = bootstrap_weights(len(samples), args.bootstrap, args.seed)
@@ -268,11 +268,13 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def interval_cell(d: dict | None) -> str:
+    """A difference and its interval in mAP points, e.g. ``+1.4 [+0.2, +2.1]`` (empty: none)."""
+    return "" if d is None else f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
 def format_table(result: dict) -> str:
     """The result as a Markdown table (mAP in points, differences with their 95% interval)."""
-    def cell(d):
-        return f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-
     delta = result["mean_abs_delta_levels"]
     lines = [f"{result['images']} {result['dataset']}/{result['split']} images, {result['metric']} in points, "
              f"95% paired bootstrap intervals ({result['bootstrap']} resamples). Mean |delta| in levels: "
@@ -281,7 +283,7 @@ def format_table(result: dict) -> str:
              "|---|---|---:|" + "---:|" * len(COMPARISONS)]
     for name, row in result["detectors"].items():
         lines.append(f"| {name} | {'yes' if row['seen'] else 'no'} | {100 * row['map_clean']:.1f} | "
-                     + " | ".join(cell(row[f"{a}-{b}"]) for a, b in COMPARISONS) + " |")
+                     + " | ".join(interval_cell(row[f"{a}-{b}"]) for a, b in COMPARISONS) + " |")
     means = result["gradient_cosine_means"]
     lines += ["", f"Input-gradient cosine (mean over {result['cosine_images']} images), raw / smoothed "
               f"({result['cosine_smooth']}x{result['cosine_smooth']} Gaussian): "
@@ -294,17 +296,13 @@ def summary_table(results: dict[str, dict]) -> str:
     """One row per result file (label -> result): mean |delta| and the seen and unseen means'
     changes, with their intervals (mAP points). Differences against a control that a file
     predates are left empty."""
-    def cell(row, key):
-        d = row.get(key)
-        return "" if d is None else f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-
     lines = ["| setting | mean \\|delta\\| | seen: maa - clean | unseen: maa - clean | unseen: random - clean "
              "| unseen: maa - random | unseen: maa - smooth | unseen: noise - clean |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, result in results.items():
         seen, unseen = result["detectors"]["seen mean"], result["detectors"]["unseen mean"]
-        lines.append(f"| {label} | {result['mean_abs_delta_levels']['maa']:.2f} | {cell(seen, 'maa-clean')} | "
-                     + " | ".join(cell(unseen, k) for k in ("maa-clean", "random-clean", "maa-random",
+        lines.append(f"| {label} | {result['mean_abs_delta_levels']['maa']:.2f} | {interval_cell(seen.get('maa-clean'))} | "
+                     + " | ".join(interval_cell(unseen.get(k)) for k in ("maa-clean", "random-clean", "maa-random",
                                                               "maa-smooth", "noise-clean")) + " |")
     return "\n".join(lines)
 

@@ -165,10 +165,7 @@ def render_toy_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, l
             p["visible"] = p["visible"] & ~mask
         rows, cols = np.nonzero(mask)
         colour = _contrasting_colour(rng, canvas[rows, cols])
-        # A linear shading across the shape so it is not a flat colour.
-        shade_angle = rng.uniform(0, 2 * math.pi)
-        shade = 1 + 0.15 * ((cols - cx) * math.cos(shade_angle) + (rows - cy) * math.sin(shade_angle)) / radius
-        canvas[rows, cols] = colour * shade[:, None].astype(np.float32)
+        _paint_shaded(rng, canvas, rows, cols, colour, float(cx), float(cy), radius)
         box = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
         placed.append({"name": kind, "box": box, "area": len(rows), "visible": mask})
     canvas += PIXEL_NOISE * rng.standard_normal(canvas.shape, dtype=np.float32)
@@ -178,6 +175,15 @@ def render_toy_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, l
         for p in placed
     ]
     return pixels, objects
+
+
+def _paint_shaded(rng: np.random.Generator, canvas: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  colour: np.ndarray, cx: float, cy: float, radius: float) -> None:
+    """Paint a shape's pixels in ``colour`` with a linear shading across it (a random
+    direction, +-15%) so it is not a flat colour."""
+    shade_angle = rng.uniform(0, 2 * math.pi)
+    shade = 1 + 0.15 * ((cols - cx) * math.cos(shade_angle) + (rows - cy) * math.sin(shade_angle)) / radius
+    canvas[rows, cols] = colour * shade[:, None].astype(np.float32)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -218,9 +224,7 @@ def render_toy_classification(rng: np.random.Generator, size: int) -> tuple[np.n
     h = (hue + rng.uniform(-0.35, 0.35)) / HUE_SECTORS % 1.0
     colour = 255 * np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.55, 1.0), rng.uniform(0.5, 1.0)), dtype=np.float32)
     rows, cols = np.nonzero(mask)
-    shade_angle = rng.uniform(0, 2 * math.pi)
-    shade = 1 + 0.15 * ((cols - cx) * math.cos(shade_angle) + (rows - cy) * math.sin(shade_angle)) / radius
-    canvas[rows, cols] = colour * shade[:, None].astype(np.float32)
+    _paint_shaded(rng, canvas, rows, cols, colour, float(cx), float(cy), radius)
     canvas += PIXEL_NOISE * rng.standard_normal(canvas.shape, dtype=np.float32)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), (shape, hue, background)
 

@@ -31,6 +31,7 @@ from icm.detectors.base import Detector
 from icm.io import atomic_torch_save
 
 BACKBONE_FORMAT = "icm-backbone"
+RESNET_BODY = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
 def body_prefixes(detector: Detector) -> list[str]:
@@ -42,7 +43,7 @@ def body_prefixes(detector: Detector) -> list[str]:
         backbone = detector.model.backbone
         return ["model.backbone.features."] if hasattr(backbone, "features") else ["model.backbone.body."]
     if detector.family == "centernet":
-        return [f"model.{m}." for m in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")]
+        return [f"model.{m}." for m in RESNET_BODY if m not in ("relu", "maxpool")]  # no parameters
     raise ValueError(f"{detector.name}: no backbone pretraining for the {detector.family!r} family")
 
 
@@ -66,8 +67,8 @@ class Body(nn.Module):
         else:
             net = detector.model
             self.detector = [detector]  # a list: not a submodule (its preprocess only)
-            self.layers = nn.ModuleList([net.conv1, net.bn1, nn.ReLU(inplace=True), net.maxpool,
-                                         net.layer1, net.layer2, net.layer3, net.layer4])
+            # The ResNet body's modules in forward order (icm.detectors.backbones.resnet18_body).
+            self.layers = nn.ModuleList(getattr(net, name) for name in RESNET_BODY)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.family == "torchvision":
