@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ..." + d)
     p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here" + d)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                   help="print one row per result file written by --out, and run nothing else" + d)
     algorithm = p.add_argument_group("stage one (as MetaAAFG/train_meta_aafg.py; defaults are its defaults)")
     add_algorithm_arguments(algorithm)
     return p
@@ -309,15 +311,13 @@ def summary_table(results: dict[str, dict]) -> str:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--summarize"]:  # python meta_transfer.py --summarize runs/transfer/*.json
+    args = build_parser().parse_args(argv)
+    if args.summarize:  # python meta_transfer.py --summarize runs/transfer/*.json
         from icm.io import read_json
 
-        results = {Path(path).stem: read_json(path) for path in argv[1:]}
+        results = {Path(path).stem: read_json(path) for path in args.summarize}
         print(summary_table({k: v for k, v in results.items() if "detectors" in v}))
         return results
-    args = build_parser().parse_args(argv)
     result = run(args)
     print(format_table(result))
     if args.out:
