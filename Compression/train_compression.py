@@ -71,6 +71,7 @@ from icm.codec import (  # noqa: E402
 from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain  # noqa: E402
 from icm.io import ImageReadError, append_jsonl  # noqa: E402
 from icm.rng import capture_rng_state, restore_rng_state, seed_everything  # noqa: E402
+from icm.schedule import warmup_cosine  # noqa: E402
 
 MS_SSIM_MIN_PATCH = 161  # pytorch_msssim's 5-scale MS-SSIM needs more than 160 px
 
@@ -132,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-4, help="learning rate of the codec")
     train.add_argument("--aux_lr", type=float, default=1e-3, help="learning rate of the quantiles (aux loss)")
     train.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    train.add_argument("--scheduler", choices=("plateau", "none"), default="plateau",
-                       help="ReduceLROnPlateau on the validation loss once per epoch, as CompressAI")
+    train.add_argument("--scheduler", choices=("plateau", "cosine", "none"), default="plateau",
+                       help="plateau: ReduceLROnPlateau on the validation loss once per epoch, as CompressAI; "
+                       "cosine: from --lr down to 1%% of it over --max_steps, stepped every step")
     train.add_argument("--epochs", type=int, default=100, help="epochs to train")
     train.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
     train.add_argument("--seed", type=int, default=0, help="seed of weights, crops, data order and noise")
@@ -232,6 +234,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} must be at least 1")
     if not 0.0 <= args.max_unreadable_fraction <= 1.0:
         raise ValueError("--max_unreadable_fraction must lie in [0, 1]")
+    if args.scheduler == "cosine" and args.max_steps < 1:
+        raise ValueError("--scheduler cosine decays over --max_steps: give --max_steps")
 
 
 def build_model(args: argparse.Namespace, resumed: dict | None = None) -> tuple[torch.nn.Module, dict]:
@@ -335,7 +339,11 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
     train_loader, val_loader, sampler = make_loaders(args, train_pairs, val_pairs, context, device)
     ddp_model = wrap_distributed(model, context, device)
     optimizer, aux_optimizer = configure_optimizers(model, args.lr, args.aux_lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min") if args.scheduler == "plateau" else None
+    scheduler = None
+    if args.scheduler == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min")
+    elif args.scheduler == "cosine":
+        scheduler = warmup_cosine(optimizer, 0, args.max_steps)
     criterion = PseudoTargetLoss(lmbda, metric=args.metric, beta=args.beta)
     seed_everything(args.seed + context.rank)  # independent quantisation noise per rank
 
@@ -412,7 +420,7 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
         val_loss = metrics.get("loss", train_loss)
         if metrics:
             log({"split": "val", "epoch": finished_epoch, "step": step, **metrics})
-        if allow_scheduler and scheduler is not None:
+        if allow_scheduler and args.scheduler == "plateau":
             scheduler.step(val_loss)
         is_best = val_loss < best_loss
         best_loss = min(best_loss, val_loss)
@@ -439,6 +447,8 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
                 check_unreadable(train_loader.dataset, args.max_unreadable_fraction)
                 x, x_aug = x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True)
                 losses = train_step(ddp_model, criterion, x, x_aug, optimizer, aux_optimizer, args.clip_max_norm)
+                if args.scheduler == "cosine":
+                    scheduler.step()
                 step += 1
                 epoch_step += 1
                 if val_loader is None:  # no validation set: the epoch's mean train loss stands in

@@ -65,7 +65,7 @@ DETECTORS: dict[str, dict] = {
     "toy_ssdlite": {"role": "unseen", "batch_size": 32, "minutes": 18.0, "family": "mobilenetv3-large"},
 }
 PRETRAIN_STEPS = 800  # scripts/pretrain_backbone.py defaults otherwise (8000 images of 64 px)
-CODEC_QUALITIES = (4, 3, 2, 1)  # trained in this order: highest lambda from scratch, then down
+CODEC_QUALITIES = (6, 5, 4, 3, 2, 1)  # trained in this order: highest lambda from scratch, then down
 CODEC_ARCH = {"backbone": "bmshj2018-hyperprior", "N": 64, "M": 96}
 CODEC_BATCH_SIZE = 16
 CODEC_LR_SCRATCH, CODEC_LR_FINETUNE = 1e-3, 3e-4
@@ -414,7 +414,7 @@ def train_codec_cmd(quality: int, args: argparse.Namespace, train_dir: Path, val
            "--dataset", str(train_dir), "--backbone", CODEC_ARCH["backbone"], "--quality", str(quality),
            "--patch_size", str(args.image_size), "--batch_size", str(CODEC_BATCH_SIZE), "--num_workers", "0",
            "--beta", "0", "--max_steps", str(steps), "--epochs", "100000", "--seed", str(args.seed),
-           "--no-tensorboard", "--save_every", "200", "--save_dir", str(save_dir)]
+           "--scheduler", "cosine", "--no-tensorboard", "--save_every", "200", "--save_dir", str(save_dir)]
     cmd += ["--val_dataset", str(val_dir), "--log_every", "10"] if val_dir else ["--val_fraction", "0", "--log_every", "1"]
     if init is None:
         cmd += ["--no-pretrained", "--N", str(CODEC_ARCH["N"]), "--M", str(CODEC_ARCH["M"]), "--lr", str(CODEC_LR_SCRATCH)]

@@ -34,6 +34,7 @@ from icm.detectors.base import Detector, eval_mode
 from icm.detectors.weights import save_detector_checkpoint
 from icm.io import append_jsonl, atomic_torch_save
 from icm.rng import capture_rng_state, restore_rng_state, seed_everything
+from icm.schedule import warmup_cosine
 from icm.voc_eval import voc_map
 
 # Family -> (optimiser, learning rate from scratch, weight decay) used when not given: the
@@ -97,18 +98,6 @@ def make_optimizer(detector: Detector, name: str, lr: float, weight_decay: float
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0.1% to the full rate over ``warmup_steps``, then cosine to 1%."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.001 + (1 - 0.001) * step / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.01 + (1 - 0.01) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
