@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping (0: off)")
     train.add_argument("--scheduler", choices=("plateau", "cosine", "none"), default="plateau",
                        help="plateau: ReduceLROnPlateau on the validation loss once per epoch, as CompressAI; "
-                       "cosine: from --lr down to 1%% of it over --max_steps, stepped every step")
+                       "cosine: from --lr down to 1%% of it at --max_steps, stepped every step (a resume with "
+                       "another --max_steps continues on that one's curve)")
     train.add_argument("--epochs", type=int, default=100, help="epochs to train")
     train.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
     train.add_argument("--seed", type=int, default=0, help="seed of weights, crops, data order and noise")
@@ -174,16 +175,20 @@ def default_save_dir(args: argparse.Namespace) -> Path:
     return REPO_ROOT / "Compression" / "checkpoints" / name
 
 
-def explicit_flags(argv: list[str], args: argparse.Namespace) -> set[str]:
-    """Flags the user set: given on the command line (``argv``) or by ``--config`` (a value
-    other than the parser's own default)."""
+def command_line_flags(argv: list[str]) -> set[str]:
+    """Flags given on the command line ``argv`` (whatever their value)."""
     probe = build_parser()
     for action in probe._actions:
         action.default, action.required = argparse.SUPPRESS, False
-    on_command_line = set(vars(probe.parse_known_args(argv)[0]))
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
+def explicit_flags(argv: list[str], args: argparse.Namespace) -> set[str]:
+    """Flags the user set: given on the command line (``argv``) or by ``--config`` (a value
+    other than the parser's own default)."""
     defaults = {a.dest: a.default for a in build_parser()._actions if a.dest != "help"}
     from_config = {k for k, default in defaults.items() if getattr(args, k, default) != default}
-    return on_command_line | from_config
+    return command_line_flags(argv) | from_config
 
 
 def read_resume_checkpoint(path: str) -> dict:
@@ -234,6 +239,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} must be at least 1")
     if not 0.0 <= args.max_unreadable_fraction <= 1.0:
         raise ValueError("--max_unreadable_fraction must lie in [0, 1]")
+    if args.max_steps < 0:
+        raise ValueError(f"--max_steps {args.max_steps}: give at least 1 (0: no limit)")
     if args.scheduler == "cosine" and args.max_steps < 1:
         raise ValueError("--scheduler cosine decays over --max_steps: give --max_steps")
 
@@ -498,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``train_compression.py`` and the ``train-compression`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args_with_config(build_parser(), argv, "compression")
+    if args.resume and args.checkpoint and "checkpoint" not in command_line_flags(argv):
+        args.checkpoint = None  # a config's fine-tune start point: the resumed run is further along
     try:
         train(args, explicit_flags(argv, args))
     finally:

@@ -128,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models = ",".join(args.models)
     if args.batch_size < 1 or args.meta_steps < 1 or args.inner_steps < 1:
         raise ValueError("--batch_size, --meta_steps and --inner_steps must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: give at least 1 image (leave it out for all)")
+    for flag in ("epsilon", "alpha_in", "alpha_out"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{flag} {value:g}: a step size must be above 0")
     return args
 
 

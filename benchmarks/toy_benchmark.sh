@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The toy-world benchmark behind the README's results table: scripts/demo.sh at a larger
 # scale. Defaults: stage one on the whole toy train split (2000 images), 500 fine-tuning steps
-# per (quality, beta) at all four toy qualities, evaluation on all 300 toy validation images,
+# per (quality, beta) at all six toy qualities, evaluation on all 300 toy validation images,
 # two processes at a time (stage-one shards, stage-two trainings; logs in $OUT/logs).
 # Each can be changed through the same variables as the demo (BENCH_* here, e.g.
 # BENCH_IMAGES=400); every step resumes where an interrupted run stopped.
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 DEMO_IMAGES=${BENCH_IMAGES:-all} \
 DEMO_STEPS=${BENCH_STEPS:-500} \
 DEMO_VAL=${BENCH_VAL:-all} \
-DEMO_QUALITIES=${BENCH_QUALITIES:-"1 2 3 4"} \
+DEMO_QUALITIES=${BENCH_QUALITIES:-"1 2 3 4 5 6"} \
 DEMO_JOBS=${BENCH_JOBS:-2} \
 DEMO_OUT=${BENCH_OUT:-runs/toy_benchmark} \
     exec bash scripts/demo.sh

@@ -15,7 +15,8 @@ Steps (each skipped when its asset already exists, unless ``--force``):
    only when its validation mAP@0.5, re-measured on the shipped file, reaches ``--min_map``)
    and the card ``assets/toy/<name>.json``.
 3. ``codec``: a ScaleHyperprior (bmshj2018-hyperprior, N=64, M=96) trained with
-   ``Compression/train_compression.py`` on the toy train images: the first (highest)
+   ``Compression/train_compression.py`` on the toy train images at six qualities (CompressAI's
+   MSE lambdas of q6..q1), each with a per-step cosine learning rate: the first (highest)
    quality from scratch, each next one fine-tuned from the one before (as the CompressAI
    zoo was trained). Assets ``assets/toy/codec_q<Q>.pth.tar`` (fp16 floats, fresh CDFs) and
    cards ``codec_q<Q>.json`` with the real bitstream rate and PSNR on the toy val split.
@@ -69,7 +70,9 @@ CODEC_QUALITIES = (6, 5, 4, 3, 2, 1)  # trained in this order: highest lambda fr
 CODEC_ARCH = {"backbone": "bmshj2018-hyperprior", "N": 64, "M": 96}
 CODEC_BATCH_SIZE = 16
 CODEC_LR_SCRATCH, CODEC_LR_FINETUNE = 1e-3, 3e-4
-CODEC_MINUTES_SCRATCH, CODEC_MINUTES_FINETUNE = 12.0, 5.0
+# Steps (batch 16, cosine from the lr to 1% of it): a step count, not minutes, so that every
+# machine builds the same codec; about 45 + 5 x 7 minutes on 2 cores.
+CODEC_STEPS_SCRATCH, CODEC_STEPS_FINETUNE = 5000, 800
 PID_FILE = "train.pid"
 CDF_BUFFERS = ("._quantized_cdf", "._cdf_length", "._offset")
 TIMING_STEPS = 8  # steps of the timing run (the first two are left out of the rate)
@@ -94,11 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"({', '.join(DETECTORS)}); default all")
     p.add_argument("--force", action="store_true", help="rebuild the selected assets (and their runs) even when they exist")
     p.add_argument("--steps", type=key_value, action="append", default=[],
-                   help="NAME=N training steps for a detector or codec_q<Q> (repeatable); overrides --minutes")
+                   help="NAME=N training steps for a detector or codec_q<Q> (repeatable); overrides --minutes; "
+                   f"codec defaults: the first {CODEC_STEPS_SCRATCH}, each next one {CODEC_STEPS_FINETUNE}")
     p.add_argument("--minutes", type=key_value, action="append", default=[],
                    help="NAME=M training minutes (turned into steps by a timing run); defaults: "
                    + ", ".join(f"{k}={v['minutes']:g}" for k, v in DETECTORS.items())
-                   + f", first codec {CODEC_MINUTES_SCRATCH:g}, others {CODEC_MINUTES_FINETUNE:g}")
+                   + "; a codec_q<Q> given here is timed instead of taking its default steps")
     p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training")
     p.add_argument("--no_pretrain", action="store_true",
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_extensions", type=int, default=2,
                    help="continuations of a detector run whose best mAP@0.5 is below --min_map")
     p.add_argument("--extend_minutes", type=float, default=10.0, help="training minutes of each continuation")
-    p.add_argument("--refine_top_steps", type=int, default=300,
+    p.add_argument("--refine_top_steps", type=int, default=0,
                    help="steps of the last codec run: the highest quality fine-tuned from the second (0: none)")
     p.add_argument("--qualities", default=",".join(map(str, CODEC_QUALITIES)),
                    help="codec qualities (CompressAI MSE lambdas), highest first: it is trained from scratch")
@@ -472,11 +476,12 @@ def train_and_ship_codec(name: str, quality: int, run_dir: Path, asset: Path, in
                 quality, args, train_dir, None, timing_dir, TIMING_STEPS, init), split="train")
 
         plan = {"init": init, "lr": CODEC_LR_SCRATCH if init is None else CODEC_LR_FINETUNE}
+        if steps is None and name not in budget.minutes:
+            steps = budget.steps.get(name, CODEC_STEPS_SCRATCH if init is None else CODEC_STEPS_FINETUNE)
         if steps is not None:
             plan["steps"] = steps
         else:
-            default = CODEC_MINUTES_SCRATCH if init is None else CODEC_MINUTES_FINETUNE
-            plan.update(budget.plan(name, default, time_one_step))
+            plan.update(budget.plan(name, budget.minutes[name], time_one_step))
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_path, plan)
     records = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []

@@ -102,6 +102,19 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(toy_data, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a if a[k].is_floating_point())
 
 
+def test_cosine_schedule_decays_every_step_and_resumes_on_the_same_curve(toy_data, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train_compression.main(toy_args(toy_data, whole, "--max_steps", "5", "--scheduler", "cosine"))
+    lrs = [records(whole, "train")[s]["lr"] for s in range(1, 6)]  # logged after each step
+    expected = [1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / 5))) for s in range(1, 6)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert lrs[-1] == pytest.approx(1e-5)  # 1% of --lr at --max_steps, across the epoch end at step 3
+    train_compression.main(toy_args(toy_data, split, "--max_steps", "2", "--scheduler", "cosine"))
+    train_compression.main(toy_args(toy_data, split, "--max_steps", "5", "--resume", str(split / "last.pth.tar")))
+    # The curve follows the --max_steps in force: the resumed steps lie on the 5-step curve.
+    assert [records(split, "train")[s]["lr"] for s in (3, 4, 5)] == pytest.approx(expected[2:], rel=1e-6)
+
+
 def test_checkpoint_starts_a_fine_tune_with_fresh_counters(toy_data, tmp_path):
     base = tmp_path / "base"
     train_compression.main(toy_args(toy_data, base, "--max_steps", "6"))
@@ -148,6 +161,12 @@ def test_resume_keeps_the_runs_settings_and_folder(toy_data, tmp_path, monkeypat
     for step in (3, 4):
         assert resumed[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-5)
 
+    # A config's fine-tune start point yields to --resume (configs/toy.yaml has one).
+    config = tmp_path / "finetune.yaml"
+    config.write_text(f"compression:\n  checkpoint: {tmp_path / 'absent.pth.tar'}\n  beta: 0.5\n")
+    assert train_compression.main([*plain, "--config", str(config), "--max_steps", "5", "--resume", resume]) == 0
+    assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 5
+
     config = tmp_path / "beta.yaml"
     config.write_text("compression:\n  beta: 0.7\n")
     for conflict, message in ((["--beta", "1.0"], "--beta 1.0 disagrees with"),  # 1.0 is also the default
@@ -156,7 +175,7 @@ def test_resume_keeps_the_runs_settings_and_folder(toy_data, tmp_path, monkeypat
                               (["--config", str(config)], "--beta 0.7 disagrees with")):
         error = one_line_error(capsys, [*plain, "--resume", resume, *conflict])
         assert message in error and f"{resume}, which was trained with" in error and "--checkpoint" in error
-    assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 4  # untouched
+    assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 5  # untouched
 
 
 def test_resume_from_a_codec_asset_says_to_fine_tune_instead(toy_data, tmp_path, capsys):
@@ -204,6 +223,9 @@ def test_offline_zoo_weights_and_bad_flags_are_one_line_errors(toy_data, tmp_pat
     assert "missing_folder: dataset folder not found" in one_line_error(
         capsys, toy_args(tmp_path / "missing_folder", tmp_path / "z"))
     assert "patch_size" in one_line_error(capsys, toy_args(toy_data, tmp_path / "w", "--metric", "ms-ssim"))
+    assert "--max_steps -1: give at least 1" in one_line_error(capsys, toy_args(toy_data, tmp_path / "u", "--max_steps", "-1"))
+    assert not (tmp_path / "u").exists()
+    assert "give --max_steps" in one_line_error(capsys, toy_args(toy_data, tmp_path / "v", "--scheduler", "cosine"))
 
 
 def test_seed_command_dataset_path_falls_back_to_stage_one_folder(tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ from icm.detectors.training import (
     hflip,
     make_optimizer,
     train_detector,
-    warmup_cosine,
 )
 from icm.io import read_jsonl
 
@@ -104,21 +103,6 @@ def test_resume_matches_an_uninterrupted_run(toy8, tmp_path):
     assert summary["steps"] == 3 and len(summary["losses"]) == 1  # step 3 again
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
-
-
-def test_warmup_then_cosine():
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=1.0)
-    scheduler = warmup_cosine(optimizer, warmup_steps=10, total_steps=110)
-    lrs = []
-    for _ in range(110):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(0.001 + 0.999 * 0.5)
-    assert lrs[10] == pytest.approx(1.0)
-    assert lrs[60] == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the cosine
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 0.01
 
 
 def test_settings_take_family_defaults():

@@ -313,6 +313,16 @@ def test_bad_flags_give_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(SystemExit):
         cli.main(["--epsilon", "eight", *FAST])
+    capsys.readouterr()
+    for flags, message in ((["--limit", "-1998"], "--limit -1998: give at least 1"),
+                           (["--limit", "0"], "--limit 0: give at least 1"),
+                           (["--alpha_in", "-1"], "--alpha_in -1: a step size must be above 0"),
+                           (["--epsilon", "0"], "--epsilon 0: a step size must be above 0")):
+        with pytest.raises(SystemExit):
+            cli.main(["--dataset", "toy", "--save_path", str(tmp_path / "o"), *flags, *FAST])
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "o").exists()
 
 
 def test_cli_on_toy_data_with_a_real_detector_checkpoint(tmp_path, capsys):
