@@ -1,6 +1,6 @@
 """Stage-two training speed: our train step against CompressAI's recipe, and data waiting.
 
-1. Step time of ``Compression.engine.train_step`` against a minimal loop that follows
+1. Step time of ``icm.compression.engine.train_step`` against a minimal loop that follows
    CompressAI's ``examples/train.py`` (Adam + aux Adam on the quantiles, RateDistortionLoss,
    clipping), same model, batch and patch, on the same in-memory batches; the two are timed
    in alternating blocks so load from other processes hits both alike; the ratio compares
@@ -23,17 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+import torch
+from compressai.losses import RateDistortionLoss
 
-import torch  # noqa: E402
-from compressai.losses import RateDistortionLoss  # noqa: E402
-
-from Compression import train_compression  # noqa: E402
-from Compression.engine import configure_optimizers, train_step  # noqa: E402
-from Compression.losses import PseudoTargetLoss  # noqa: E402
-from icm.cli import resolve_device  # noqa: E402
-from icm.codec import build_codec  # noqa: E402
-from icm.io import read_jsonl, write_image  # noqa: E402
+from icm.cli import resolve_device
+from icm.codec import build_codec
+from icm.compression import train as train_compression
+from icm.compression.engine import configure_optimizers, train_step
+from icm.compression.losses import PseudoTargetLoss
+from icm.io import read_jsonl, write_image
+from icm.manifest import MANIFEST_NAME, manifest_record
 
 
 def reference_step(model, criterion, x, optimizer, aux_optimizer, clip_max_norm):
@@ -114,8 +113,9 @@ def bench_loop(args: argparse.Namespace, device: torch.device) -> dict:
             x = torch.rand(3, args.image_size, args.image_size, generator=generator)
             write_image(Path(tmp) / f"src{i}.png", x)
             write_image(root / "images" / f"{i}.png", (x + 0.02).clamp(0, 1))
-            lines.append(json.dumps({"id": str(i), "source": f"../src{i}.png", "output": f"images/{i}.png"}))
-        (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+            lines.append(json.dumps(manifest_record(str(i), Path(tmp) / f"src{i}.png", f"images/{i}.png",
+                                                    args.image_size, args.image_size, 5.0, {}, {})))
+        (root / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
         save_dir = Path(tmp) / "run"
         argv = ["--dataset", str(root), "--backbone", args.backbone, "--N", str(args.N), "--M", str(args.M),
                 "--batch_size", str(args.batch_size), "--patch_size", str(args.patch_size),

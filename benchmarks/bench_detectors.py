@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
-
-from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
-from icm.detectors import available, build_detector  # noqa: E402
+from icm.cli import exit_on_user_error, resolve_device
+from icm.detectors import available, build_detector
 
 TOY_CLASSES = ["circle", "square", "triangle"]
 

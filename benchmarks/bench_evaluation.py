@@ -19,19 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from Evaluation.engine import evaluate_codec  # noqa: E402
-from Evaluation.image_codecs import LearnedCodec  # noqa: E402
-from icm.cli import resolve_device  # noqa: E402
-from icm.codec import build_codec  # noqa: E402
-from icm.data.folder import read_image_folder  # noqa: E402
-from icm.io import atomic_write_json, list_images  # noqa: E402
+from icm.cli import resolve_device
+from icm.codec import build_codec
+from icm.data.folder import read_image_folder
+from icm.evaluation.engine import evaluate_codec
+from icm.evaluation.image_codecs import LearnedCodec
+from icm.io import atomic_write_json, list_images
 
 
 def synthetic_images(folder: Path, count: int, height: int, width: int) -> None:

@@ -18,18 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
-
-import MetaAAFG.meta_aafg as meta_aafg  # noqa: E402
-from icm.detectors import available, build_detector  # noqa: E402
-from MetaAAFG.meta_aafg import MetaAAFGConfig, augment_batch, gradient_budget  # noqa: E402
+import icm.aafg.meta_aafg as meta_aafg
+from icm.aafg.meta_aafg import MetaAAFGConfig, augment_batch, gradient_budget
+from icm.detectors import available, build_detector
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 

@@ -6,7 +6,7 @@ against same-size random controls, with paired bootstrap intervals.
     python benchmarks/meta_transfer.py --summarize runs/transfer/*.json   # one row per result file
 
 For the first ``--limit`` images of ``--split`` (images the detectors were not trained on),
-stage one (MetaAAFG/meta_aafg.py, with any of its options given here) perturbs each image
+stage one (icm/aafg/meta_aafg.py, with any of its options given here) perturbs each image
 against the seen model set. Every seen and unseen detector is then scored (VOC07 11-point
 mAP@0.5) on
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from itertools import combinations
 from pathlib import Path
@@ -44,26 +43,24 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
-
-from Evaluation.engine import voc_ground_truth  # noqa: E402
-from icm.ap_bootstrap import (  # noqa: E402
+from icm.aafg.engine import equal_size_batches, gt_targets
+from icm.aafg.meta_aafg import augment_batch, max_linf_8bit, smooth_gradient
+from icm.aafg.train import (
+    add_algorithm_arguments,
+    anchor_reconstruction,
+    config_from_args,
+)
+from icm.ap_bootstrap import (
     bootstrap_weights,
     image_matches,
     map_from_matches,
     percentile_interval,
 )
-from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device  # noqa: E402
-from icm.config import TOY_CONFIG, environment_info, load_yaml, to_plain  # noqa: E402
-from icm.data import load_dataset  # noqa: E402
-from icm.io import atomic_write_json, read_image_tensor  # noqa: E402
-from MetaAAFG.engine import equal_size_batches, gt_targets  # noqa: E402
-from MetaAAFG.meta_aafg import augment_batch, max_linf_8bit, smooth_gradient  # noqa: E402
-from MetaAAFG.train_meta_aafg import (  # noqa: E402
-    add_algorithm_arguments,
-    anchor_reconstruction,
-    config_from_args,
-)
+from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device
+from icm.config import TOY_CONFIG, environment_info, load_yaml, to_plain
+from icm.data import load_dataset
+from icm.evaluation.engine import voc_ground_truth
+from icm.io import atomic_write_json, read_image_tensor
 
 VARIANTS = ("clean", "maa", "random", "smooth", "noise")
 COMPARISONS = (("maa", "clean"), ("random", "clean"), ("smooth", "clean"), ("maa", "random"), ("maa", "smooth"),

@@ -40,19 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
-
-from Evaluation.make_tables import (  # noqa: E402
+from icm.cli import exit_on_user_error
+from icm.config import REPO_ROOT, TOY_CONFIG
+from icm.data import load_dataset
+from icm.evaluation.make_tables import (
     GROUP_SUFFIX,
     Curve,
     bd_table,
     bootstrap_curves,
     load_curves,
 )
-from icm.cli import exit_on_user_error  # noqa: E402
-from icm.config import REPO_ROOT, TOY_CONFIG  # noqa: E402
-from icm.data import load_dataset  # noqa: E402
-from icm.io import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
+from icm.io import atomic_write_json, atomic_write_text, read_jsonl
 
 SPAN_DB = 5.0
 TOP_KEEP = 0.60

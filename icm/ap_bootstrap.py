@@ -23,7 +23,7 @@ detections are sorted by score once; the precision/recall curve only needs the c
 (weighted) true- and false-positive counts at the true positives (a count matrix product for
 the false positives), and AP follows by the protocol's interpolation: VOC07 11-point, VOC12
 all-point, COCO 101-point averaged over the 10 IoUs. On the full sample (every w[i] = 1) the
-numbers equal :func:`icm.voc_eval.voc_map` and ``Evaluation.coco_eval.coco_map`` (ties
+numbers equal :func:`icm.voc_eval.voc_map` and ``icm.evaluation.coco_eval.coco_map`` (ties
 across images are broken by image order, as both do when image ids follow the sample order).
 
     records = image_matches(ground_truth, detections, num_classes)   # once per evaluation
@@ -139,7 +139,7 @@ def image_matches(ground_truth: Sequence[dict], detections: Sequence[dict], num_
                   coco: bool = True, image_ids: Sequence[str] | None = None) -> MatchRecords:
     """Match records from per-image ground truth and detections (the inputs of
     :func:`icm.voc_eval.voc_map`). ``difficult`` boxes are ignored under VOC and crowd
-    regions under COCO (as ``Evaluation/engine.py`` passes difficult, crowd and group-of
+    regions under COCO (as ``icm/evaluation/engine.py`` passes difficult, crowd and group-of
     boxes to both). ``coco=False`` skips the COCO flags (pycocotools is the slow part)."""
     n = len(ground_truth)
     voc = voc_matches(ground_truth, detections, num_classes)

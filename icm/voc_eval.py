@@ -9,7 +9,7 @@ Boxes are continuous xyxy pixel coordinates and IoU has no +1 pixel (as in pycoc
 torchvision); the data layer maps VOC's inclusive ``xmin..xmax`` to ``xmin - 1..xmax``, so a
 ground-truth box keeps the devkit's (+1) width and height. Classes without any non-difficult ground truth
 have no AP (None) and are left out of the mean; without any ground truth at all the mAP is None
-too (as the COCO protocol's in ``Evaluation/coco_eval.py``), so that means over detectors or
+too (as the COCO protocol's in ``icm/evaluation/coco_eval.py``), so that means over detectors or
 datasets skip it instead of averaging in a 0.
 
 Used by the evaluation stage, by ``icm/ap_bootstrap.py`` (per-detection flags for bootstrap

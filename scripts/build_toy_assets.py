@@ -42,15 +42,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script without the package installed: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from icm.cli import exit_on_user_error, key_value  # noqa: E402
-from icm.config import REPO_ROOT, git_commit, parse_args_with_config, save_run_config  # noqa: E402
-from icm.io import atomic_torch_save, atomic_write_json, read_json, read_jsonl  # noqa: E402
+from icm.cli import exit_on_user_error, key_value
+from icm.config import REPO_ROOT, git_commit, parse_args_with_config, save_run_config
+from icm.io import atomic_torch_save, atomic_write_json, read_json, read_jsonl
 
 # Toy detectors: seen (stage one attacks them) first, then unseen; default batch size and
 # training minutes each (the two-stage models learn slowest on CPU), and a peak learning
@@ -507,7 +503,6 @@ def codec_run_name(init: str) -> str:
 
 def ship_codec(name: str, quality: int, run_dir: Path, asset: Path, plan: dict, args: argparse.Namespace) -> str:
     """Write the fp16 codec asset (fresh CDFs) and its card with the real rate and PSNR."""
-    from Evaluation.metrics import psnr
     from icm.codec import (
         CHECKPOINT_FORMAT,
         compress_image,
@@ -517,6 +512,7 @@ def ship_codec(name: str, quality: int, run_dir: Path, asset: Path, plan: dict, 
         real_bpp,
     )
     from icm.data import load_dataset
+    from icm.evaluation.metrics import psnr
     from icm.io import read_image_tensor
 
     model, checkpoint = load_codec(run_dir / "best.pth.tar")

@@ -9,18 +9,13 @@ Same parameters, same bytes. The parameters are recorded in ``<out>/toy.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script without the package installed: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from icm.cli import exit_on_user_error  # noqa: E402
-from icm.config import parse_args_with_config  # noqa: E402
-from icm.data import data_dir, make_toy_dataset  # noqa: E402
-from icm.data.toy import OBJECTS_FILE  # noqa: E402
-from icm.io import read_json  # noqa: E402
+from icm.cli import exit_on_user_error
+from icm.config import parse_args_with_config
+from icm.data import data_dir, make_toy_dataset
+from icm.data.toy import OBJECTS_FILE
+from icm.io import read_json
 
 
 def build_parser() -> argparse.ArgumentParser:

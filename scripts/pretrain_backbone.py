@@ -15,14 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from icm.cli import exit_on_user_error  # noqa: E402
-from icm.config import git_commit  # noqa: E402
-from icm.io import append_jsonl  # noqa: E402
+from icm.cli import exit_on_user_error
+from icm.config import git_commit
+from icm.io import append_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:

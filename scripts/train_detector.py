@@ -18,18 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script without the package installed: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
-from icm.config import parse_args_with_config, save_run_config  # noqa: E402
-from icm.data import load_dataset  # noqa: E402
-from icm.detectors import Detector, available, build_detector, read_detector_checkpoint  # noqa: E402
-from icm.detectors.training import RESUME_FILE, TrainSettings, train_detector  # noqa: E402
-from icm.io import atomic_write_json  # noqa: E402
+from icm.cli import exit_on_user_error, resolve_device
+from icm.config import parse_args_with_config, save_run_config
+from icm.data import load_dataset
+from icm.detectors import Detector, available, build_detector, read_detector_checkpoint
+from icm.detectors.training import RESUME_FILE, TrainSettings, train_detector
+from icm.io import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,6 @@ VOC / COCO code on the full sample and on materialised resamples, the records fi
 import numpy as np
 import pytest
 
-from Evaluation.coco_eval import coco_detections, coco_ground_truth, coco_map
 from icm.ap_bootstrap import (
     MatchRecords,
     PointSamples,
@@ -16,6 +15,7 @@ from icm.ap_bootstrap import (
     percentile_interval,
 )
 from icm.data.records import DetectionSample
+from icm.evaluation.coco_eval import coco_detections, coco_ground_truth, coco_map
 from icm.voc_eval import voc_map
 
 # Two images of one class, one object each. Codec A: image 0 has a TP (0.9) and an FP (0.8);

@@ -1,4 +1,4 @@
-"""Tests for Compression.datasets: stage-one pairs, plain folders, paired crops, splits."""
+"""Tests for icm.compression.datasets: stage-one pairs, plain folders, paired crops, splits."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from Compression.datasets import (
+from icm.compression.datasets import (
     MAX_CONSECUTIVE_UNREADABLE,
     PairedImageDataset,
     ResumableDistributedSampler,

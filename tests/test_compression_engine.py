@@ -1,4 +1,4 @@
-"""Tests for Compression.engine: optimiser split, train steps on toy pairs, worker errors."""
+"""Tests for icm.compression.engine: optimiser split, train steps on toy pairs, worker errors."""
 
 import gc
 import time
@@ -9,14 +9,14 @@ import torch
 from test_compression_datasets import colour_shift, toy_image
 from torch.utils.data import DataLoader, Dataset
 
-from Compression.engine import (
+from icm.codec import build_codec
+from icm.compression.engine import (
     batches,
     configure_optimizers,
     one_line_worker_error,
     train_step,
 )
-from Compression.losses import PseudoTargetLoss
-from icm.codec import build_codec
+from icm.compression.losses import PseudoTargetLoss
 from icm.io import ImageReadError
 
 

@@ -1,4 +1,4 @@
-"""Tests for Compression.losses: the pseudo-ground-truth rate-distortion loss."""
+"""Tests for icm.compression.losses: the pseudo-ground-truth rate-distortion loss."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from compressai.losses import RateDistortionLoss
 
-from Compression.losses import PseudoTargetLoss, blend_target
+from icm.compression.losses import PseudoTargetLoss, blend_target
 
 
 def fake_output(x_hat: torch.Tensor) -> dict:

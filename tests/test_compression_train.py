@@ -10,8 +10,6 @@ import pytest
 import torch
 from test_compression_datasets import toy_image, truncate, write_toy_stage_one
 
-from Compression import train_compression
-from Compression.datasets import read_pairs, split_pairs
 from icm import codec
 from icm.codec import (
     compress_image,
@@ -22,6 +20,8 @@ from icm.codec import (
     real_bpp,
     save_codec_checkpoint,
 )
+from icm.compression import train as train_compression
+from icm.compression.datasets import read_pairs, split_pairs
 from icm.config import REPO_ROOT, load_yaml
 from icm.io import read_image_tensor, read_jsonl, write_image
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from Evaluation.bd_rate import METHODS, bd_quality, bd_quality_batch, bd_rate, bd_rate_batch
+from icm.evaluation.bd_rate import METHODS, bd_quality, bd_quality_batch, bd_rate, bd_rate_batch
 
 RATE = [0.1, 0.2, 0.4, 0.8]
 MAP = [0.30, 0.42, 0.50, 0.55]

@@ -8,7 +8,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from Evaluation.coco_eval import (
+from icm.data.records import DetectionDataset, DetectionSample
+from icm.evaluation.coco_eval import (
     category_ids_of,
     coco_detections,
     coco_ground_truth,
@@ -16,7 +17,6 @@ from Evaluation.coco_eval import (
     image_ids_of,
     masks_to_rle,
 )
-from icm.data.records import DetectionDataset, DetectionSample
 
 CLASSES = ["cat", "dog"]
 CATEGORY_IDS = [17, 18]  # COCO's ids for cat and dog

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from Evaluation.codec import compress_file, main, pack, unpack
 from icm.codec import (
     bits_per_pixel,
     build_codec,
@@ -12,6 +11,7 @@ from icm.codec import (
     real_bpp,
     save_codec_checkpoint,
 )
+from icm.evaluation.codec_file import compress_file, main, pack, unpack
 from icm.io import read_image_tensor, write_image
 
 

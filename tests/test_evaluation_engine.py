@@ -8,7 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from Evaluation.engine import (
+from icm.ap_bootstrap import PointSamples, map_from_matches
+from icm.codec import bits_per_pixel, build_codec
+from icm.data.records import DetectionDataset, DetectionSample
+from icm.detectors.base import Detector
+from icm.evaluation.engine import (
     CodecSpec,
     evaluate_codec,
     group_means,
@@ -16,12 +20,8 @@ from Evaluation.engine import (
     point_path,
     run_evaluation,
 )
-from Evaluation.image_codecs import IdentityCodec, LearnedCodec, PillowCodec
-from Evaluation.metrics import PSNR_CAP_DB
-from icm.ap_bootstrap import PointSamples, map_from_matches
-from icm.codec import bits_per_pixel, build_codec
-from icm.data.records import DetectionDataset, DetectionSample
-from icm.detectors.base import Detector
+from icm.evaluation.image_codecs import IdentityCodec, LearnedCodec, PillowCodec
+from icm.evaluation.metrics import PSNR_CAP_DB
 from icm.io import read_image_tensor, read_json
 
 
@@ -279,7 +279,7 @@ class MaskedSquareFinder(SquareFinder):
 
 
 def test_mask_ap_with_ground_truth_masks_and_note_without(tmp_path):
-    from Evaluation.coco_eval import masks_to_rle
+    from icm.evaluation.coco_eval import masks_to_rle
 
     dataset = square_dataset(tmp_path, n=2)
     annotations = []
@@ -300,8 +300,8 @@ def test_mask_ap_with_ground_truth_masks_and_note_without(tmp_path):
 
 
 def test_zoo_codec_curve_is_named_and_kind_zoo(tmp_path, monkeypatch):
-    import Evaluation.image_codecs as image_codecs
-    from Evaluation.make_tables import default_anchor, load_curves
+    import icm.evaluation.image_codecs as image_codecs
+    from icm.evaluation.make_tables import default_anchor, load_curves
 
     built = []
 

@@ -5,9 +5,9 @@ import pytest
 import yaml
 from test_evaluation_engine import SquareFinder, write_images  # tests/ is on sys.path under pytest
 
-from Evaluation.evaluate import main
 from icm.data.toy import make_toy_dataset
 from icm.detectors import available, register
+from icm.evaluation.evaluate import main
 from icm.io import read_json
 
 if "eval_test_square_finder" not in available():

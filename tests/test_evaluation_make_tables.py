@@ -12,8 +12,9 @@ from test_evaluation_engine import (  # tests/ is on sys.path under pytest
     square_dataset,
 )
 
-from Evaluation.engine import CodecSpec, run_evaluation
-from Evaluation.make_tables import (
+from icm.ap_bootstrap import Interval, PointSamples, image_matches, map_from_matches
+from icm.evaluation.engine import CodecSpec, run_evaluation
+from icm.evaluation.make_tables import (
     bootstrap_curves,
     build_parser,
     default_anchor,
@@ -21,7 +22,6 @@ from Evaluation.make_tables import (
     main,
     make_tables,
 )
-from icm.ap_bootstrap import Interval, PointSamples, image_matches, map_from_matches
 from icm.io import atomic_write_json, read_json
 
 
@@ -228,7 +228,7 @@ def test_intervals_of_the_same_a_better_and_a_flat_codec(synthetic, tmp_path):
     # more than 10% of the resamples dropped: no claim either way
     assert flat["bd_rate_percent_excludes_0"] == ("unstable" if not_monotonic > 40 else flat["bd_rate_percent_excludes_0"])
     assert flat["bd_quality_excludes_0"] in ("yes", "no")
-    from Evaluation.make_tables import _excludes_zero
+    from icm.evaluation.make_tables import _excludes_zero
 
     assert _excludes_zero(-5.0, Interval(-5.0, -8.0, -2.0, 950, 50)) == "yes"
     assert _excludes_zero(-5.0, Interval(-5.0, -8.0, -2.0, 850, 150)) == "unstable"

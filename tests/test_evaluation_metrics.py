@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from Evaluation.metrics import PSNR_CAP_DB, FidelityMeter, ms_ssim_8bit, psnr, to_8bit
+from icm.evaluation.metrics import PSNR_CAP_DB, FidelityMeter, ms_ssim_8bit, psnr, to_8bit
 
 
 def test_psnr_of_one_level_everywhere_and_identical_images():

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from test_evaluation_engine import SquareFinder  # tests/ is on sys.path under pytest
 
-from Evaluation.image_codecs import learned_from_checkpoint
-from Evaluation.visualize import PANELS, amplified_perturbation, build_rows, main, select_pairs
 from icm.codec import build_codec, save_codec_checkpoint
 from icm.detectors import available, register
+from icm.evaluation.image_codecs import learned_from_checkpoint
+from icm.evaluation.visualize import PANELS, amplified_perturbation, build_rows, main, select_pairs
 
 if "vis_test_square_finder" not in available():
     register("vis_test_square_finder")(lambda classes=None, weights="default", device="cpu", **kw:

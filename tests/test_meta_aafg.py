@@ -1,4 +1,4 @@
-"""Meta-AAFG algorithm (MetaAAFG/meta_aafg.py) on tiny differentiable fake detectors."""
+"""Meta-AAFG algorithm (icm/aafg/meta_aafg.py) on tiny differentiable fake detectors."""
 
 import math
 from collections import Counter
@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from icm.detectors.base import Detector
-from MetaAAFG.meta_aafg import (
+from icm.aafg.meta_aafg import (
     MetaAAFGConfig,
     augment_batch,
     gradient_budget,
-    linf_8bit,
     max_linf_8bit,
     normalise,
     project,
 )
+from icm.detectors.base import Detector
+from icm.manifest import linf_8bit
 
 CLASSES = ["square", "circle"]
 
@@ -287,7 +287,7 @@ def test_sampling_losses_draw_afresh_at_every_gradient_and_score_with_one_draw()
 
 
 def test_per_image_losses_use_the_given_seeds():
-    from MetaAAFG.meta_aafg import per_image_losses
+    from icm.aafg.meta_aafg import per_image_losses
 
     log: list = []
     images, targets = batch(b=3, size=8)
@@ -345,7 +345,7 @@ def test_sample_models_draws_a_subset_per_meta_iteration_with_the_same_budget():
 
 
 def test_diverse_input_scales_pads_and_moves_the_boxes():
-    from MetaAAFG.meta_aafg import DIVERSITY_MAX_SCALE, diverse_input
+    from icm.aafg.meta_aafg import DIVERSITY_MAX_SCALE, diverse_input
 
     x = torch.zeros(3, 40, 60)
     x[:, 10:30, 20:50] = 1.0  # a box (20, 10, 50, 30) in xyxy pixels
@@ -366,7 +366,7 @@ def test_diverse_input_scales_pads_and_moves_the_boxes():
 
 
 def test_smoothing_kernel_and_delta_scale_shapes():
-    from MetaAAFG.meta_aafg import gaussian_kernel, pool_gradient, smooth_gradient, step_direction
+    from icm.aafg.meta_aafg import gaussian_kernel, pool_gradient, smooth_gradient, step_direction
 
     k = gaussian_kernel(15)
     assert k.shape == (15, 15) and k.sum() == pytest.approx(1.0) and k.argmax() == 7 * 15 + 7

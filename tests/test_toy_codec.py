@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from Evaluation.make_tables import Curve
+from icm.evaluation.make_tables import Curve
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("toy_codec", ROOT / "benchmarks" / "toy_codec.py")

@@ -61,7 +61,7 @@ def test_perfect_and_empty_detections():
 
 
 def test_no_ground_truth_gives_no_map_like_the_coco_protocol():
-    from Evaluation.coco_eval import coco_map
+    from icm.evaluation.coco_eval import coco_map
 
     no_boxes = [{"boxes": np.zeros((0, 4)), "labels": []} for _ in DETECTIONS]
     only_difficult = [{"boxes": [[0, 0, 10, 10]], "labels": [0], "difficult": [True]} for _ in DETECTIONS]

@@ -39,12 +39,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from Evaluation.bd_rate import (  # noqa: E402
+from icm.ap_bootstrap import (
+    Interval,
+    PointSamples,
+    bootstrap_weights,
+    maps_from_matches,
+    percentile_interval,
+)
+from icm.cli import exit_on_user_error
+from icm.config import parse_args_with_config
+from icm.evaluation.bd_rate import (
     DEFAULT_METHOD,
     METHODS,
     bd_quality,
@@ -52,16 +58,7 @@ from Evaluation.bd_rate import (  # noqa: E402
     bd_rate,
     bd_rate_batch,
 )
-from icm.ap_bootstrap import (  # noqa: E402
-    Interval,
-    PointSamples,
-    bootstrap_weights,
-    maps_from_matches,
-    percentile_interval,
-)
-from icm.cli import exit_on_user_error  # noqa: E402
-from icm.config import parse_args_with_config  # noqa: E402
-from icm.io import atomic_path, atomic_write_text, read_json  # noqa: E402
+from icm.io import atomic_path, atomic_write_text, read_json
 
 # Detection metric prefixes in the order tables show them.
 PROTOCOLS = ("map-voc07", "map-voc12", "map-coco", "ap50-coco", "ap75-coco", "mask-map-coco")

@@ -1,8 +1,8 @@
 """Encode one image into a real bitstream file and decode it back.
 
-    python -m Evaluation.codec compress IMG -o FILE.bin --checkpoint CK.pth.tar
-    python -m Evaluation.codec compress IMG -o FILE.bin --backbone bmshj2018-hyperprior --quality 3
-    python -m Evaluation.codec decompress FILE.bin -o IMG.png [--checkpoint CK.pth.tar]
+    python -m icm.evaluation.codec_file compress IMG -o FILE.bin --checkpoint CK.pth.tar
+    python -m icm.evaluation.codec_file compress IMG -o FILE.bin --backbone bmshj2018-hyperprior --quality 3
+    python -m icm.evaluation.codec_file decompress FILE.bin -o IMG.png [--checkpoint CK.pth.tar]
 
 File layout (big-endian): magic ``ICMC`` | format version (u8) | header length (u16) |
 header (UTF-8 JSON: codec ``arch`` with backbone, quality, metric and sizes; ``source``
@@ -22,13 +22,10 @@ import struct
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from icm.cli import exit_on_user_error, resolve_device  # noqa: E402
-from icm.codec import (  # noqa: E402
+from icm.cli import exit_on_user_error, resolve_device
+from icm.codec import (
     CompressedImage,
     bits_per_pixel,
     compress_image,
@@ -36,8 +33,8 @@ from icm.codec import (  # noqa: E402
     load_codec,
     real_bpp,
 )
-from icm.config import parse_args_with_config  # noqa: E402
-from icm.io import atomic_write_bytes, read_image_tensor, write_image  # noqa: E402
+from icm.config import parse_args_with_config
+from icm.io import atomic_write_bytes, read_image_tensor, write_image
 
 MAGIC = b"ICMC"
 FORMAT_VERSION = 1
@@ -166,7 +163,7 @@ def decompress_file(bitstream: str | Path, output: str | Path, checkpoint: str |
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m Evaluation.codec",
+    p = argparse.ArgumentParser(prog="codec.py",
                                 description="Encode an image into a bitstream file, or decode one.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of defaults (section codec); flags win")

@@ -434,12 +434,6 @@ def augment_batch(
     return augmented, losses_before, losses_after
 
 
-def linf_8bit(augmented: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Per-image L-inf distance in 8-bit units: [B] integers as float."""
-    diff = (augmented * 255).round() - (original * 255).round()
-    return diff.abs().flatten(1).amax(dim=1)
-
-
 def max_linf_8bit(epsilon: float) -> int:
     """The largest 8-bit change an epsilon allows after rounding: round(255 * epsilon)."""
     return int(math.floor(255 * epsilon + 0.5))

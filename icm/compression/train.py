@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 4 Compression/train_compression.py ...   # DistributedDataParallel
 
 The codec encodes the original image and is trained towards
-``(1 - beta) * original + beta * augmented`` (see ``Compression/losses.py``). It starts from
+``(1 - beta) * original + beta * augmented`` (see ``icm/compression/losses.py``). It starts from
 the CompressAI zoo weights for ``--backbone``/``--quality`` (default), from a local codec
 (``--checkpoint``: a fine-tune, fresh optimisers and counters) or from scratch
 (``--no-pretrained``, ``--N``/``--M`` for small codecs). ``--resume`` continues a run
@@ -22,31 +22,35 @@ them; more than ``--max_unreadable_fraction`` of a dataset unreadable stops the 
 
 from __future__ import annotations
 
+import argparse
+import math
+import os
 import sys
+import time
+import warnings
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:
-    # Run as a script from a checkout: import this folder as the package `Compression` from
-    # the repository root, never its modules as top-level `datasets`, `losses`, ...
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from Compression.datasets import (  # noqa: E402
+from icm.cli import exit_on_user_error, key_value, resolve_device
+from icm.codec import (
+    QUALITY_LAMBDAS,
+    build_codec,
+    lambda_for,
+    load_codec,
+    read_checkpoint,
+    resolve_backbone,
+    save_codec_checkpoint,
+)
+from icm.compression.datasets import (
     PairedImageDataset,
     ResumableDistributedSampler,
     read_pairs,
     split_pairs,
 )
-from Compression.engine import (  # noqa: E402
+from icm.compression.engine import (
     DistributedContext,
     batches,
     configure_optimizers,
@@ -57,21 +61,11 @@ from Compression.engine import (  # noqa: E402
     train_step,
     wrap_distributed,
 )
-from Compression.losses import PseudoTargetLoss  # noqa: E402
-from icm.cli import exit_on_user_error, key_value, resolve_device  # noqa: E402
-from icm.codec import (  # noqa: E402
-    QUALITY_LAMBDAS,
-    build_codec,
-    lambda_for,
-    load_codec,
-    read_checkpoint,
-    resolve_backbone,
-    save_codec_checkpoint,
-)
-from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain  # noqa: E402
-from icm.io import ImageReadError, append_jsonl  # noqa: E402
-from icm.rng import capture_rng_state, restore_rng_state, seed_everything  # noqa: E402
-from icm.schedule import warmup_cosine  # noqa: E402
+from icm.compression.losses import PseudoTargetLoss
+from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain
+from icm.io import ImageReadError, append_jsonl
+from icm.rng import capture_rng_state, restore_rng_state, seed_everything
+from icm.schedule import warmup_cosine
 
 MS_SSIM_MIN_PATCH = 161  # pytorch_msssim's 5-scale MS-SSIM needs more than 160 px
 

@@ -19,14 +19,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device  # noqa: E402
-from icm.config import parse_args_with_config  # noqa: E402
-from icm.io import atomic_path, read_image_tensor  # noqa: E402
+from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device
+from icm.config import parse_args_with_config
+from icm.io import atomic_path, read_image_tensor
+from icm.manifest import linf_8bit, read_manifest_pairs
 
 PANELS = ("original", "augmented", "perturbation", "anchor-decoded", "MAA-decoded")
 # Panels whose pixels a detector looks at (the perturbation panel shows no boxes).
@@ -85,7 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def select_pairs(augmented_data: str | Path, num_images: int, ids: list[str] | None):
     """The stage-one pairs to draw: those of ``ids`` (in that order) or the first ``num_images``."""
-    from Compression.datasets import read_manifest_pairs
 
     pairs = read_manifest_pairs(augmented_data)
     if not pairs:
@@ -107,8 +104,8 @@ def amplified_perturbation(augmented: torch.Tensor, original: torch.Tensor, ampl
 def code_and_decode(codec, image: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     """Real bitstream round trip of ``image`` [3, H, W]: (decoded image rounded to 8 bits, as
     Evaluation/evaluate.py measures and detects on it, bpp, PSNR in dB)."""
-    from Evaluation.metrics import psnr, to_8bit
     from icm.codec import bits_per_pixel
+    from icm.evaluation.metrics import psnr, to_8bit
 
     payload, num_bytes = codec.encode(image[None])
     decoded = to_8bit(codec.decode(payload)[0]).cpu() / 255.0
@@ -126,7 +123,7 @@ def build_rows(pairs, anchor, maa, detectors: dict, score_threshold: float, ampl
                              f"original {pair.original} ({tuple(original.shape[1:])})")
         anchor_decoded, anchor_bpp, anchor_psnr = code_and_decode(anchor, original)
         maa_decoded, maa_bpp, maa_psnr = code_and_decode(maa, original)
-        linf = round(float((augmented - original).abs().max()) * 255)
+        linf = int(linf_8bit(augmented[None], original[None])[0])
         images = {
             "original": original,
             "augmented": augmented,
@@ -191,8 +188,8 @@ def render(rows: list[Row], class_names: dict[str, list[str]], out: str | Path, 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from Evaluation.image_codecs import learned_from_checkpoint
     from icm.detectors import build_detector
+    from icm.evaluation.image_codecs import learned_from_checkpoint
 
     device = resolve_device(args.device)
     pairs = select_pairs(args.augmented_data, args.num_images, args.ids)

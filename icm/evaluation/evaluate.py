@@ -37,14 +37,9 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script (``cd Evaluation && python evaluate.py``) without the package
-    # installed: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device  # noqa: E402
-from icm.config import parse_args_with_config, save_run_config  # noqa: E402
-from icm.io import read_json  # noqa: E402
+from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device
+from icm.config import parse_args_with_config, save_run_config
+from icm.io import read_json
 
 DEFAULT_ZOO_QUALITIES = [1, 2, 3, 4, 5, 6]
 DEFAULT_PILLOW_QUALITIES = [10, 20, 30, 50, 70, 90]
@@ -123,7 +118,7 @@ def split_names(items) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from Evaluation.engine import load_evaluation_dataset, parse_codec_spec, run_evaluation
+    from icm.evaluation.engine import load_evaluation_dataset, parse_codec_spec, run_evaluation
 
     args = parse_args(argv)
     device = resolve_device(args.device)

@@ -4,7 +4,7 @@ atomically and resumably to the output folder.
 Output folder (read by stage two)::
 
     save_path/images/<safe id>.png   8-bit RGB, lossless, the source's size
-    save_path/manifest.jsonl         one line per finished image (see ``manifest_record``)
+    save_path/manifest.jsonl         one line per finished image (see ``icm/manifest.py``)
     save_path/config.yaml            the resolved run config (written by the CLI)
     save_path/summary.json           this process's summary (summary.shard-I-of-N.json)
 
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from icm.aafg.meta_aafg import MetaAAFGConfig, Reconstruction, augment_batch
 from icm.data.records import DetectionSample
 from icm.io import (
     ImageReadError,
@@ -42,12 +43,12 @@ from icm.io import (
     read_jsonl,
     write_image,
 )
-from MetaAAFG.meta_aafg import MetaAAFGConfig, Reconstruction, augment_batch, linf_8bit
+from icm.manifest import MANIFEST_NAME as MANIFEST
+from icm.manifest import linf_8bit, manifest_record
 
 if TYPE_CHECKING:
     from icm.detectors.base import Detector
 
-MANIFEST = "manifest.jsonl"
 IMAGES_DIR = "images"
 MAX_STEM_CHARS = 180  # well under the 255-byte file-name limit, with room for ".png"
 
@@ -161,21 +162,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def manifest_record(sample: DetectionSample, relpath: str, height: int, width: int, linf: float,
-                    before: Mapping[str, float], after: Mapping[str, float]) -> dict:
-    """One manifest line; stage two reads these keys."""
-    return {
-        "id": sample.id,
-        "source": str(Path(sample.image_path).resolve()),
-        "output": relpath,
-        "width": width,
-        "height": height,
-        "linf": linf,
-        "loss_before": dict(before),
-        "loss_after": dict(after),
-    }
-
-
 def _read_batch(batch, summary):
     """Read a batch's images; unreadable ones are counted, warned about and left out.
     Returns the readable ones grouped by their actual size (the records may be wrong)."""
@@ -250,7 +236,7 @@ def run_stage_one(
                     raise ValueError(f"image id {sample.id!r} would be written outside {images_dir}")
                 write_image(dest, augmented[i].cpu())
                 record = manifest_record(
-                    sample, relpath, images.shape[2], images.shape[3], float(linf[i]),
+                    sample.id, sample.image_path, relpath, images.shape[2], images.shape[3], float(linf[i]),
                     {k: float(v[i]) for k, v in before.items()},
                     {k: float(v[i]) for k, v in after.items()},
                 )

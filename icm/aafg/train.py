@@ -5,7 +5,7 @@
     train-meta-aafg --config configs/toy.yaml --save_path runs/aafg                      # installed
     torchrun --nproc_per_node 8 MetaAAFG/train_meta_aafg.py ...                         # one shard per GPU
 
-Output: ``images/<id>.png``, ``manifest.jsonl``, ``config.yaml`` (see MetaAAFG/engine.py).
+Output: ``images/<id>.png``, ``manifest.jsonl``, ``config.yaml`` (see icm/aafg/engine.py).
 A rerun skips the images already in the manifest. Exit status 1 when more images than
 ``--max_failures`` could not be read (all the others are done first), 2 on a bad flag or file.
 """
@@ -19,18 +19,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if __package__ in (None, ""):
-    # Run as a script (``cd MetaAAFG && python train_meta_aafg.py``) without the package
-    # installed: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, resolve_device, shard  # noqa: E402
-from icm.config import load_yaml, parse_args_with_config, save_run_config, to_plain  # noqa: E402
-from icm.data import DetectionDataset, load_dataset  # noqa: E402
-from MetaAAFG.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary  # noqa: E402
-from MetaAAFG.meta_aafg import MetaAAFGConfig, Reconstruction, gradient_budget  # noqa: E402
+from icm.aafg.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary
+from icm.aafg.meta_aafg import MetaAAFGConfig, Reconstruction, gradient_budget
+from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, resolve_device, shard
+from icm.config import load_yaml, parse_args_with_config, save_run_config, to_plain
+from icm.data import DetectionDataset, load_dataset
 
 if TYPE_CHECKING:
     from icm.detectors import Detector

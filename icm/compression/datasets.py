@@ -1,9 +1,7 @@
 """(original, augmented) image pairs for stage two.
 
-A stage-one output folder holds ``images/<id>.png`` and ``manifest.jsonl``, one JSON
-line per image with at least ``id``, ``source`` (the original image, absolute or relative
-to the folder) and ``output`` (the augmented image, relative to the folder). Any other
-image folder gives ``(x, x)`` pairs, so the same trainer fine-tunes or trains a codec on
+A stage-one output folder holds ``images/<id>.png`` and ``manifest.jsonl`` (the hand-over
+format, read and written only by ``icm/manifest.py``). Any other image folder gives ``(x, x)`` pairs, so the same trainer fine-tunes or trains a codec on
 plain images.
 
 Training patches: one random crop and one horizontal flip, applied identically to both
@@ -23,67 +21,19 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
-from icm.io import ImageReadError, list_images, read_image_tensor, read_jsonl
+from icm.io import ImageReadError, list_images, read_image_tensor
+from icm.manifest import MANIFEST_NAME, ImagePair, read_manifest_pairs
 
-MANIFEST_NAME = "manifest.jsonl"
 # An unreadable pair is replaced by the next one; this many unreadable in a row is an error.
 MAX_CONSECUTIVE_UNREADABLE = 8
 # Values of PairedImageDataset.unreadable: which half of a pair could not be read.
 READABLE, ORIGINAL_UNREADABLE, AUGMENTED_UNREADABLE = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class ImagePair:
-    """One training sample: the codec encodes ``original`` and is scored against ``augmented``."""
-
-    id: str
-    original: Path
-    augmented: Path
-
-
-def _resolve_source(root: Path, source: str) -> Path:
-    """A manifest ``source``: absolute, relative to the folder, or relative to the cwd."""
-    path = Path(source)
-    if path.is_absolute() or not (root / path).exists():
-        return path
-    return root / path
-
-
-def read_manifest_pairs(root: str | os.PathLike) -> list[ImagePair]:
-    """Pairs listed in ``root/manifest.jsonl``; entries whose files are missing are skipped
-    (one warning with the count), the last entry of a repeated id wins."""
-    root = Path(root)
-    manifest = root / MANIFEST_NAME
-    by_id: dict[str, ImagePair] = {}
-    for line_no, record in enumerate(read_jsonl(manifest), 1):
-        missing_keys = [k for k in ("id", "source", "output") if k not in record]
-        if missing_keys:
-            raise ValueError(f"{manifest}:{line_no}: record lacks {', '.join(missing_keys)}")
-        key = str(record["id"])
-        by_id[key] = ImagePair(key, _resolve_source(root, str(record["source"])), root / record["output"])
-    pairs, missing = [], []
-    for pair in by_id.values():
-        if pair.original.is_file() and pair.augmented.is_file():
-            pairs.append(pair)
-        else:
-            missing.append(pair)
-    if missing:
-        first = missing[0]
-        absent = first.original if not first.original.is_file() else first.augmented
-        warnings.warn(
-            f"{manifest}: skipped {len(missing)} of {len(by_id)} entries with missing files "
-            f"(first: {absent})",
-            stacklevel=2,
-        )
-    return pairs
 
 
 def read_pairs(root: str | os.PathLike) -> list[ImagePair]:

@@ -34,8 +34,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from Evaluation.coco_eval import BACKEND as COCO_BACKEND
-from Evaluation.coco_eval import (
+from icm.ap_bootstrap import PointSamples, image_matches
+from icm.codec import ARCHITECTURES, BACKBONE_ALIASES, bits_per_pixel, resolve_backbone
+from icm.data import load_dataset
+from icm.data.records import DetectionDataset
+from icm.evaluation.coco_eval import BACKEND as COCO_BACKEND
+from icm.evaluation.coco_eval import (
     category_ids_of,
     coco_detections,
     coco_ground_truth,
@@ -43,7 +47,7 @@ from Evaluation.coco_eval import (
     image_ids_of,
     masks_to_rle,
 )
-from Evaluation.image_codecs import (
+from icm.evaluation.image_codecs import (
     IdentityCodec,
     LearnedCodec,
     PillowCodec,
@@ -51,11 +55,7 @@ from Evaluation.image_codecs import (
     learned_from_checkpoint,
     learned_from_zoo,
 )
-from Evaluation.metrics import FidelityMeter, ms_ssim_8bit, psnr, to_8bit
-from icm.ap_bootstrap import PointSamples, image_matches
-from icm.codec import ARCHITECTURES, BACKBONE_ALIASES, bits_per_pixel, resolve_backbone
-from icm.data import load_dataset
-from icm.data.records import DetectionDataset
+from icm.evaluation.metrics import FidelityMeter, ms_ssim_8bit, psnr, to_8bit
 from icm.io import atomic_write_json, read_image_tensor, read_json
 from icm.voc_eval import voc_map
 

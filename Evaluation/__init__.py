@@ -1,2 +1,0 @@
-"""Evaluation: real-bitstream rate, PSNR, MS-SSIM and detection accuracy of decoded images,
-result JSON in CompressAI's schema, BD-rate tables and rate-accuracy plots."""
