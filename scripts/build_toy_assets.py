@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extend_minutes", type=float, default=10.0, help="training minutes of each continuation")
     p.add_argument("--refine_top_steps", type=int, default=0,
                    help="steps of the last codec run: the highest quality fine-tuned from the second (0: none)")
+    p.add_argument("--codec_init", default=None,
+                   help="warm start of the first (highest) codec quality from this checkpoint, e.g. the shipped "
+                   "assets/toy/codec_q6.pth.tar to train it further (recorded with its SHA-256 in the card); "
+                   "None: from scratch")
     p.add_argument("--qualities", default=",".join(map(str, CODEC_QUALITIES)),
                    help="codec qualities (CompressAI MSE lambdas), highest first: it is trained from scratch")
     p.add_argument("--data_root", default=str(REPO_ROOT / "data" / "toy"), help="toy set folder")
@@ -430,7 +434,7 @@ def build_codec_assets(args: argparse.Namespace, budget: Budget) -> str:
     pass the highest quality in PSNR."""
     qualities = [int(q) for q in args.qualities.split(",")]
     train_dir, val_dir = codec_folders(args)
-    previous: Path | None = None
+    previous: Path | None = Path(args.codec_init) if args.codec_init else None
     results = []
     for quality in qualities:
         name = f"codec_q{quality}"
@@ -472,6 +476,8 @@ def train_and_ship_codec(name: str, quality: int, run_dir: Path, asset: Path, in
                 quality, args, train_dir, None, timing_dir, TIMING_STEPS, init), split="train")
 
         plan = {"init": init, "lr": CODEC_LR_SCRATCH if init is None else CODEC_LR_FINETUNE}
+        if init is not None:
+            plan["init_sha256"] = file_sha256(Path(init))
         if steps is None and name not in budget.minutes:
             steps = budget.steps.get(name, CODEC_STEPS_SCRATCH if init is None else CODEC_STEPS_FINETUNE)
         if steps is not None:
@@ -543,6 +549,8 @@ def ship_codec(name: str, quality: int, run_dir: Path, asset: Path, plan: dict, 
         "metric": "mse",
         "dataset": "toy",
         "init": "scratch" if plan["init"] is None else f"fine-tuned from {codec_run_name(plan['init'])}",
+        "init_sha256": plan.get("init_sha256"),
+        "lr_schedule": "cosine to 1% of lr over the steps, per step",
         "lr": plan["lr"],
         "steps": final["step"],
         "batch_size": CODEC_BATCH_SIZE,
