@@ -197,10 +197,9 @@ def run(args: argparse.Namespace) -> dict:
     seen, unseen, weights = model_sets(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
     dataset = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)
-    from icm.detectors import build_detector
+    from icm.detectors import build_detector_set
 
-    detectors = {n: build_detector(n, classes=dataset.classes, weights=weights.get(n, "default"), device=str(device))
-                 for n in seen + unseen}
+    detectors = build_detector_set(seen + unseen, weights, dataset.classes, str(device), flag="the seen and unseen sets")
     samples = [s for b in equal_size_batches(dataset.samples, args.batch_size) for s in b]
     generator = torch.Generator().manual_seed(args.seed)
     epsilon_levels = max_linf_8bit(config.epsilon)

@@ -15,8 +15,8 @@ from icm.detectors.centernet import (
     focal_loss,
     gaussian_radius,
 )
-from icm.detectors.registry import available, build_detector
-from icm.detectors.weights import load_detector, save_detector_checkpoint
+from icm.detectors.registry import available, build_detector, load_detector
+from icm.detectors.weights import save_detector_checkpoint
 
 TOY = ["circle", "square", "triangle"]
 NAMES = ["centernet", "centernet_res18", "toy_centernet"]

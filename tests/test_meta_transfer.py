@@ -104,7 +104,7 @@ def test_a_tiny_run_reports_map_differences_with_intervals(tmp_path, monkeypatch
     def build(name, classes=None, weights=None, device="cpu", **kw):
         return BrightBox(name, classes, seeds[name]).freeze()
 
-    monkeypatch.setattr("icm.detectors.build_detector", build)
+    monkeypatch.setattr("icm.detectors.registry.build_detector", build)
     out = tmp_path / "transfer.json"
     result = meta_transfer.main([
         "--config", "", "--data_root", str(root), "--seen", "s1", "s2", "--unseen", "u1", "--limit", "10",

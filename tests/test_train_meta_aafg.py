@@ -81,7 +81,7 @@ def test_help_lists_every_flag_with_its_default():
 
 
 def test_cli_on_a_folder_writes_the_output_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr("icm.detectors.build_detector", fake_builder)
+    monkeypatch.setattr("icm.detectors.registry.build_detector", fake_builder)
     src = tmp_path / "src"
     paths = write_folder(src, 4, sizes=((24, 32), (20, 20)))
     (src / "sub").mkdir()
@@ -185,7 +185,7 @@ def test_interrupted_run_resumes_and_writes_each_image_once(tmp_path, monkeypatc
 
 
 def test_unreadable_image_is_counted_and_sets_the_exit_status(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("icm.detectors.build_detector", fake_builder)
+    monkeypatch.setattr("icm.detectors.registry.build_detector", fake_builder)
     src = tmp_path / "src"
     write_folder(src, 3)
     write_image(src / "broken.jpg", torch.rand(3, 64, 64))
@@ -270,7 +270,7 @@ def test_two_shards_in_separate_processes_cover_the_set_once(tmp_path):
 
 
 def test_cli_shard_flag_and_torchrun_env(tmp_path, monkeypatch):
-    monkeypatch.setattr("icm.detectors.build_detector", fake_builder)
+    monkeypatch.setattr("icm.detectors.registry.build_detector", fake_builder)
     src = tmp_path / "src"
     write_folder(src, 5)
     out = tmp_path / "out"
@@ -352,7 +352,7 @@ def test_cli_transfer_options_and_the_codec_aware_extension(tmp_path, monkeypatc
 
     from icm.codec import save_codec_checkpoint
 
-    monkeypatch.setattr("icm.detectors.build_detector", fake_builder)
+    monkeypatch.setattr("icm.detectors.registry.build_detector", fake_builder)
     src = tmp_path / "src"
     write_folder(src, 2, sizes=((24, 32),))
     codec_path = tmp_path / "codec.pth.tar"

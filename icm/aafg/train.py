@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,18 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_model_set(names: list[str], dataset: DetectionDataset, weights: dict[str, str | None],
                     device: torch.device, pseudo_threshold: float | None) -> dict[str, Detector]:
     """The model set, in the dataset's classes (a plain folder keeps each detector's own)."""
-    unused = sorted(set(weights) - set(names))
-    if unused:  # a config may list weights for more models than --models picks
-        warnings.warn(f"--weights for {unused} unused: not in --models {names}", stacklevel=2)
-    from icm.detectors import build_detector  # torchvision/ultralytics: not needed for --help
+    from icm.detectors import build_detector_set  # torchvision/ultralytics: not needed for --help
 
-    detectors = {}
-    for name in names:
-        detector = build_detector(name, classes=dataset.classes or None,
-                                  weights=weights.get(name, "default"), device=str(device))
-        if pseudo_threshold is not None:
+    detectors = build_detector_set(names, weights, dataset.classes, str(device), flag="--models")
+    if pseudo_threshold is not None:
+        for detector in detectors.values():
             detector.pseudo_threshold = pseudo_threshold
-        detectors[name] = detector
     return detectors
 
 

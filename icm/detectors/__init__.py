@@ -7,10 +7,15 @@ detector of their family is built.
 """
 
 from icm.detectors.base import Detector, LabelMap, as_image_list
-from icm.detectors.registry import available, build_detector, register
+from icm.detectors.registry import (
+    available,
+    build_detector,
+    build_detector_set,
+    load_detector,
+    register,
+)
 from icm.detectors.weights import (
     WeightsUnavailableError,
-    load_detector,
     read_detector_checkpoint,
     save_detector_checkpoint,
 )
@@ -26,6 +31,7 @@ __all__ = [
     "as_image_list",
     "available",
     "build_detector",
+    "build_detector_set",
     "load_detector",
     "read_detector_checkpoint",
     "register",

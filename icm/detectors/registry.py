@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from icm.detectors.base import Detector
-from icm.detectors.weights import is_weights_path, read_detector_checkpoint
+from icm.detectors.weights import CHECKPOINT_FORMAT, is_weights_path, read_detector_checkpoint
 
 Builder = Callable[..., Detector]
 _BUILDERS: dict[str, Builder] = {}
@@ -45,6 +49,33 @@ def build_detector(name: str, **kwargs) -> Detector:
         if checkpoint is not None:
             return _build_from_checkpoint(name, checkpoint, str(weights), kwargs)
     return _BUILDERS[name](**kwargs).freeze()
+
+
+def build_detector_set(names: Sequence[str], weights: Mapping[str, str | None], classes: list[str] | None = None,
+                       device: str = "cpu", flag: str = "--detectors") -> dict[str, Detector]:
+    """The detectors ``names`` (in order), each with ``weights[name]`` or its default weights
+    (None: random init), in the dataset's ``classes`` (None: each keeps its own). Weights
+    given for a detector not in ``names`` get one warning (a config may list the weights of
+    every detector while ``flag`` picks a few)."""
+    unused = sorted(set(weights) - set(names))
+    if unused:
+        warnings.warn(f"--weights for {unused} unused: not in {flag} {list(names)}", stacklevel=2)
+    return {name: build_detector(name, classes=classes or None, weights=weights.get(name, "default"), device=device)
+            for name in names}
+
+
+def load_detector(
+    path: str | os.PathLike, device: str | torch.device = "cpu", classes: list[str] | None = None, **kwargs
+):
+    """Build the detector stored in our checkpoint at ``path`` (frozen, eval mode).
+
+    ``classes`` re-targets predictions to another dataset's classes (by name); other
+    keyword arguments override the stored build arguments (e.g. a score threshold).
+    """
+    checkpoint = read_detector_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(f"{path}: not a detector checkpoint of this project (format {CHECKPOINT_FORMAT!r})")
+    return build_detector(checkpoint["name"], weights=path, device=device, classes=classes, **kwargs)
 
 
 def _build_from_checkpoint(name: str, checkpoint: dict, path: str, kwargs: dict) -> Detector:

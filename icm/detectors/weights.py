@@ -92,19 +92,3 @@ def save_detector_checkpoint(
         "card": dict(card or {}),
     }
     atomic_torch_save(path, checkpoint)
-
-
-def load_detector(
-    path: str | os.PathLike, device: str | torch.device = "cpu", classes: list[str] | None = None, **kwargs
-):
-    """Build the detector stored in our checkpoint at ``path`` (frozen, eval mode).
-
-    ``classes`` re-targets predictions to another dataset's classes (by name); other
-    keyword arguments override the stored build arguments (e.g. a score threshold).
-    """
-    from icm.detectors.registry import build_detector
-
-    checkpoint = read_detector_checkpoint(path)
-    if checkpoint is None:
-        raise ValueError(f"{path}: not a detector checkpoint of this project (format {CHECKPOINT_FORMAT!r})")
-    return build_detector(checkpoint["name"], weights=path, device=device, classes=classes, **kwargs)

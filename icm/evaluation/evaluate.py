@@ -130,14 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.detectors and not dataset.classes:
         print(f"warning: {dataset.name} has no labels; detection skipped, rate and fidelity only", file=sys.stderr)
     elif args.detectors:
-        from icm.detectors import build_detector
+        from icm.detectors import build_detector_set
 
-        unused = set(args.weights) - set(args.detectors)
-        if unused:  # a config may hold the weights of every toy detector, evaluated or not
-            print(f"warning: --weights for {sorted(unused)} unused (not in --detectors)", file=sys.stderr)
-        for name in args.detectors:
-            weights = args.weights.get(name, "default")  # None: random init (--weights NAME=none)
-            detectors[name] = build_detector(name, classes=dataset.classes, weights=weights, device=str(device))
+        detectors = build_detector_set(args.detectors, args.weights, dataset.classes, str(device))
     mask_ground_truth = read_json(args.mask_annotations) if args.mask_annotations else None
 
     out_dir = Path(args.out)

@@ -188,7 +188,7 @@ def render(rows: list[Row], class_names: dict[str, list[str]], out: str | Path, 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from icm.detectors import build_detector
+    from icm.detectors import build_detector_set
     from icm.evaluation.image_codecs import learned_from_checkpoint
 
     device = resolve_device(args.device)
@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor = learned_from_checkpoint(args.anchor, "anchor", device=device, backbone=args.backbone)
     maa = learned_from_checkpoint(args.maa, "maa", device=device, backbone=args.backbone)
     weights = detector_weights(args.weights)
-    detectors = {name: build_detector(name, weights=weights.get(name, "default"), device=str(device))
-                 for name in args.detectors}
+    detectors = build_detector_set(args.detectors, weights, device=str(device))
     rows = build_rows(pairs, anchor, maa, detectors, args.score_threshold, args.amplify)
     path = render(rows, {name: d.classes for name, d in detectors.items()}, args.out, args.dpi)
     print(f"wrote {path} ({len(rows)} images, detectors {', '.join(detectors)})")
