@@ -115,9 +115,14 @@ def parse_args_with_config(
             pre, _ = parser.parse_known_args(argv)
     if getattr(pre, "config", None):
         actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-        values = config_defaults(pre.config, section, set(actions))
+        # A config key may be a flag's destination or any of its long names (``out`` or
+        # ``save_dir`` for stage two's output folder).
+        aliases = {o[2:].replace("-", "_"): a.dest for a in actions.values() for o in a.option_strings
+                   if o.startswith("--")}
+        values = config_defaults(pre.config, section, set(actions) | set(aliases))
         for key, value in values.items():
-            parser.set_defaults(**{key: _config_value(actions[key], value, f"{pre.config}: {key}")})
+            dest = aliases.get(key, key)
+            parser.set_defaults(**{dest: _config_value(actions[dest], value, f"{pre.config}: {key}")})
     return parser.parse_args(argv)
 
 

@@ -37,7 +37,7 @@ def toy_args(data: Path, save_dir: Path, *extra: str) -> list[str]:
     """8 pairs -> 6 train / 2 val, batch 2: 3 steps per epoch."""
     return ["--dataset", str(data), "--backbone", "bmshj2018", "--N", "32", "--M", "48",
             "--patch_size", "64", "--batch_size", "2", "--num_workers", "0", "--log_every", "1",
-            "--lr", "1e-3", "--val_fraction", "0.25", "--no-tensorboard", "--save_dir", str(save_dir), *extra]
+            "--lr", "1e-3", "--val_fraction", "0.25", "--no-tensorboard", "--out", str(save_dir), *extra]
 
 
 def records(save_dir: Path, split: str) -> dict[int, dict]:

@@ -117,3 +117,17 @@ def test_dataset_toy_alone_reads_the_toy_config(tmp_path, monkeypatch):
     assert parse(["--dataset", "TOY"]).meta_steps == 2
     assert parse(["--dataset", "voc"]).meta_steps == 10
     assert parse(["--dataset", "toy", "--meta_steps", "4"]).meta_steps == 4
+
+
+def test_a_config_key_may_be_any_long_name_of_a_flag(tmp_path):
+    p = _parser()
+    p.add_argument("--out", "--save_dir", dest="save_dir", default="x")
+    for key in ("out", "save_dir"):
+        config = tmp_path / f"{key}.yaml"
+        config.write_text(f"stage:\n  {key}: runs/a\n")
+        assert parse_args_with_config(p, ["--config", str(config)], "stage").save_dir == "runs/a"
+        assert parse_args_with_config(p, ["--config", str(config), "--out", "b"], "stage").save_dir == "b"
+    config = tmp_path / "bad.yaml"
+    config.write_text("stage:\n  outt: runs/a\n")
+    with pytest.raises(ConfigError, match="outt"):
+        parse_args_with_config(p, ["--config", str(config)], "stage")

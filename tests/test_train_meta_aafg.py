@@ -88,7 +88,7 @@ def test_cli_on_a_folder_writes_the_output_folder(tmp_path, monkeypatch):
     write_image(src / "sub" / "deep.png", read_image_tensor(paths[0]))
     out = tmp_path / "out"
     rc = cli.main(["--dataset", str(src), "--models", "m0,m1", "--targets", "pseudo", "--batch_size", "2",
-                   "--save_path", str(out), *FAST])
+                   "--out", str(out), *FAST])
     assert rc == 0
     records = read_jsonl(out / "manifest.jsonl")
     assert sorted(r["id"] for r in records) == ["img00", "img01", "img02", "img03", "sub/deep"]

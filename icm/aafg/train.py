@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=shard, default=None, metavar="I/N",
                    help="do shard I of N (combined with torchrun's RANK/WORLD_SIZE when set)")
     p.add_argument("--seed", type=int, default=0, help="random seed; each image draws from its own generator, seeded from this and its id")
-    p.add_argument("--save_path", default="./augmented_data", help="output folder")
+    p.add_argument("--out", "--save_path", dest="save_path", default="./augmented_data",
+                   help="output folder (--save_path: the paper's name for it)")
     p.add_argument("--max_failures", type=int, default=0,
                    help="unreadable images tolerated before the exit status is 1")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")

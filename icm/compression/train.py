@@ -137,11 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
     out = p.add_argument_group("output")
-    out.add_argument("--save_dir", default=None,
-                     help="output folder (None: the --resume checkpoint's folder, else "
+    out.add_argument("--out", "--save_dir", dest="save_dir", default=None,
+                     help="output folder, also --save_dir (None: the --resume checkpoint's folder, else "
                           "Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
     out.add_argument("--log_every", type=int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
     out.add_argument("--save_every", type=int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
+    out.add_argument("--no_progress", action="store_true", help="no progress bar")
     out.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                      help="write TensorBoard events to <save_dir>/tensorboard")
     return p
@@ -441,7 +442,7 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
         sampler.start_index = epoch_step * args.batch_size
         # The context closes (clears) the bar on an error too, so the error line stands alone.
         with tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch}",
-                  disable=not context.is_main, leave=False) as bar:
+                  disable=not context.is_main or args.no_progress, leave=False) as bar:
             wait_start = time.perf_counter()
             for x, x_aug in batches(train_loader):
                 last_log["data_wait"] += time.perf_counter() - wait_start

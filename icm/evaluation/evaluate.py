@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch_size", type=int, default=8, help="decoded images per detector batch")
     p.add_argument("--overwrite", action="store_true", help="re-evaluate finished (codec, quality) results")
+    p.add_argument("--seed", type=int, default=0, help="seed of torch's global generator, set before any work (the codecs and detectors here draw nothing at test time)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or per-point lines")
     return p
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     device = resolve_device(args.device)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     specs = [parse_codec_spec(c, args.qualities, args.pillow_qualities) for c in split_codecs(args.codecs)]
     dataset = load_evaluation_dataset(str(args.dataset), args.split, args.data_root, args.limit)
 
