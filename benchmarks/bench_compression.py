@@ -120,7 +120,7 @@ def bench_loop(args: argparse.Namespace, device: torch.device) -> dict:
         argv = ["--dataset", str(root), "--backbone", args.backbone, "--N", str(args.N), "--M", str(args.M),
                 "--batch_size", str(args.batch_size), "--patch_size", str(args.patch_size),
                 "--num_workers", str(args.num_workers), "--max_steps", str(args.loop_steps),
-                "--log_every", "1", "--val_fraction", "0", "--no-tensorboard", "--device", str(device),
+                "--log_every", "1", "--val_fraction", "0", "--no_tensorboard", "--device", str(device),
                 "--save_dir", str(save_dir)]
         train_compression.train(train_compression.build_parser().parse_args(argv))
         records = [r for r in read_jsonl(save_dir / "log.jsonl") if r["split"] == "train"][args.warmup:]

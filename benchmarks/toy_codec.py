@@ -136,7 +136,7 @@ def control_runs(args: argparse.Namespace, qualities: list[int]) -> list[Path]:
         pending.append((f"control q{q}", save_dir, [
             sys.executable, "Compression/train_compression.py", "--dataset", str(images), *start, "--num_workers", "0",
             "--epochs", "100000", "--max_steps", str(args.control_steps), "--save_dir", str(save_dir),
-            "--no-tensorboard"]))
+            "--no_tensorboard"]))
     while pending:
         batch, pending = pending[: args.jobs], pending[args.jobs :]
         started = []

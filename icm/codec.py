@@ -116,7 +116,7 @@ def zoo_weights_url(backbone: str, quality: int, metric: str = "mse") -> str:
     except KeyError:
         raise ValueError(
             f"CompressAI publishes no pretrained {name} weights for quality {quality} ({metric}); "
-            "use --no-pretrained or --checkpoint PATH"
+            "use --no_pretrained or --checkpoint PATH"
         ) from None
 
 

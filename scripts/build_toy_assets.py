@@ -418,10 +418,10 @@ def train_codec_cmd(quality: int, args: argparse.Namespace, train_dir: Path, val
            "--dataset", str(train_dir), "--backbone", CODEC_ARCH["backbone"], "--quality", str(quality),
            "--patch_size", str(args.image_size), "--batch_size", str(CODEC_BATCH_SIZE), "--num_workers", "0",
            "--beta", "0", "--max_steps", str(steps), "--epochs", "100000", "--seed", str(args.seed),
-           "--scheduler", "cosine", "--no-tensorboard", "--save_every", "200", "--save_dir", str(save_dir)]
+           "--scheduler", "cosine", "--no_tensorboard", "--save_every", "200", "--save_dir", str(save_dir)]
     cmd += ["--val_dataset", str(val_dir), "--log_every", "10"] if val_dir else ["--val_fraction", "0", "--log_every", "1"]
     if init is None:
-        cmd += ["--no-pretrained", "--N", str(CODEC_ARCH["N"]), "--M", str(CODEC_ARCH["M"]), "--lr", str(CODEC_LR_SCRATCH)]
+        cmd += ["--no_pretrained", "--N", str(CODEC_ARCH["N"]), "--M", str(CODEC_ARCH["M"]), "--lr", str(CODEC_LR_SCRATCH)]
     else:
         cmd += ["--checkpoint", init, "--lr", str(CODEC_LR_FINETUNE)]
     return cmd
@@ -490,7 +490,7 @@ def train_and_ship_codec(name: str, quality: int, run_dir: Path, asset: Path, in
     if not any(r.get("split") == "final" for r in records):
         cmd = train_codec_cmd(quality, args, train_dir, val_dir, run_dir, plan["steps"], plan["init"])
         if (run_dir / "last.pth.tar").is_file():
-            for flag, takes_value in (("--no-pretrained", False), ("--N", True), ("--M", True), ("--checkpoint", True)):
+            for flag, takes_value in (("--no_pretrained", False), ("--N", True), ("--M", True), ("--checkpoint", True)):
                 if flag in cmd:
                     j = cmd.index(flag)
                     del cmd[j : j + 1 + takes_value]

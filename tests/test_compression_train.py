@@ -37,7 +37,7 @@ def toy_args(data: Path, save_dir: Path, *extra: str) -> list[str]:
     """8 pairs -> 6 train / 2 val, batch 2: 3 steps per epoch."""
     return ["--dataset", str(data), "--backbone", "bmshj2018", "--N", "32", "--M", "48",
             "--patch_size", "64", "--batch_size", "2", "--num_workers", "0", "--log_every", "1",
-            "--lr", "1e-3", "--val_fraction", "0.25", "--no-tensorboard", "--out", str(save_dir), *extra]
+            "--lr", "1e-3", "--val_fraction", "0.25", "--no_tensorboard", "--out", str(save_dir), *extra]
 
 
 def records(save_dir: Path, split: str) -> dict[int, dict]:
@@ -149,7 +149,7 @@ def test_resume_keeps_the_runs_settings_and_folder(toy_data, tmp_path, monkeypat
     resume = str(run / "last.pth.tar")
     # Only what may change, plus one setting repeated with the run's value: the rest
     # (lambda, beta, seed, N/M, patch and batch size, lr) comes from the checkpoint.
-    plain = ["--dataset", str(toy_data), "--num_workers", "0", "--no-tensorboard", "--log_every", "1"]
+    plain = ["--dataset", str(toy_data), "--num_workers", "0", "--no_tensorboard", "--log_every", "1"]
     assert train_compression.main([*plain, "--max_steps", "4", "--quality", "2", "--resume", resume]) == 0
 
     assert not (tmp_path / "Compression").exists()  # into the run's folder, not a default one
@@ -250,7 +250,7 @@ def test_seed_command_runs_as_a_script_from_inside_compression(toy_data, tmp_pat
     result = subprocess.run(
         [sys.executable, "train_compression.py", "--backbone", "bmshj2018", "--quality", "3", "--lr", "1e-4",
          "--dataset", str(toy_data), "--max_steps", "1", "--num_workers", "0", "--patch_size", "64",
-         "--no-tensorboard", "--save_dir", str(tmp_path / "run")],
+         "--no_tensorboard", "--save_dir", str(tmp_path / "run")],
         cwd=REPO_ROOT / "Compression", env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300,
     )
     if result.returncode == 0:
@@ -309,7 +309,7 @@ def test_console_script_entry_point_resolves_to_main():
     import re
 
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    module, attr = re.search(r'^train-compression = "([\w.]+):(\w+)"', pyproject, re.M).groups()
+    module, attr = re.search(r'^icm-train-compression = "([\w.]+):(\w+)"', pyproject, re.M).groups()
     assert getattr(importlib.import_module(module), attr) is train_compression.main
 
 

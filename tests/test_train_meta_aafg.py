@@ -299,7 +299,7 @@ def test_script_runs_from_its_folder_and_from_the_root():
 
 def test_console_script_is_declared():
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'train-meta-aafg = "icm.aafg.train:main"' in pyproject
+    assert 'icm-train-meta-aafg = "icm.aafg.train:main"' in pyproject
 
 
 def test_bad_flags_give_one_line_errors(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
     cd MetaAAFG && python train_meta_aafg.py --dataset VOC --epsilon 8/255 --meta_steps 10 --save_path ./augmented_data
     python MetaAAFG/train_meta_aafg.py --dataset toy --limit 20 --save_path runs/aafg   # from the repo root
-    train-meta-aafg --config configs/toy.yaml --save_path runs/aafg                      # installed
+    icm-train-meta-aafg --config configs/toy.yaml --save_path runs/aafg                      # installed
     torchrun --nproc_per_node 8 MetaAAFG/train_meta_aafg.py ...                         # one shard per GPU
 
 Output: ``images/<id>.png``, ``manifest.jsonl``, ``config.yaml`` (see icm/aafg/engine.py).
@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="voc", help="voc, coco, oid, toy (any case), or a folder of images")
     p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's root")
     p.add_argument("--split", default="train", help="dataset split")
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help="comma list of detector names (--dataset toy: the toy config's model set)")
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
+                   help="detector names, space-separated (a comma list works too; --dataset toy: the toy "
+                   "config's model set)")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="local weights for a model (repeatable); others use their default weights")
     add_algorithm_arguments(p)

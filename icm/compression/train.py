@@ -2,14 +2,14 @@
 
     cd Compression && python train_compression.py --backbone bmshj2018 --quality 3 --lr 1e-4 --dataset ./augmented_data
     python Compression/train_compression.py ...          # from the repository root
-    train-compression ...                                # installed console script
+    icm-train-compression ...                                # installed console script
     torchrun --nproc_per_node 4 Compression/train_compression.py ...   # DistributedDataParallel
 
 The codec encodes the original image and is trained towards
 ``(1 - beta) * original + beta * augmented`` (see ``icm/compression/losses.py``). It starts from
 the CompressAI zoo weights for ``--backbone``/``--quality`` (default), from a local codec
 (``--checkpoint``: a fine-tune, fresh optimisers and counters) or from scratch
-(``--no-pretrained``, ``--N``/``--M`` for small codecs). ``--resume`` continues a run
+(``--no_pretrained``, ``--N``/``--M`` for small codecs). ``--resume`` continues a run
 exactly: model, both optimisers, scheduler, epoch, step, data order and RNG states, with the
 run's own settings (``RESUMED_FLAGS``: lambda, beta, metric, quality, architecture, seed, ...)
 and by default in the checkpoint's folder; a flag given that disagrees with them is an error.
@@ -83,7 +83,7 @@ RESUME_KEYS = ("optimizer", "aux_optimizer", "rng", "epoch", "epoch_step", "step
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags (every one also settable in ``--config`` under ``compression:``)."""
     p = argparse.ArgumentParser(
-        prog="train-compression",
+        prog="train_compression.py",
         description="Fine-tune a CompressAI codec with Meta-AAFG images as pseudo ground truth.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CompressAI zoo name or alias (bmshj2018 = bmshj2018-hyperprior)")
     model.add_argument("--quality", type=int, default=3, help="zoo quality 1..8: weights and default lambda")
     model.add_argument("--metric", choices=sorted(QUALITY_LAMBDAS), default="mse", help="distortion term")
-    model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                       help="start from the zoo weights (None: yes, unless --checkpoint/--resume/--N/--M)")
+    model.add_argument("--pretrained", action="store_const", const=True, default=None,
+                       help="start from the zoo weights (default: yes, unless --checkpoint/--resume/--N/--M)")
+    model.add_argument("--no_pretrained", "--no-pretrained", dest="pretrained", action="store_const", const=False,
+                       help="random init (from scratch)")
     model.add_argument("--checkpoint", help="start from this codec checkpoint (fine-tune, not a resume)")
     model.add_argument("--resume",
                        help="continue the run saved in this training checkpoint exactly, with its settings "
@@ -143,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--log_every", type=int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
     out.add_argument("--save_every", type=int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
-    out.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+    out.add_argument("--no_tensorboard", "--no-tensorboard", dest="tensorboard", action="store_false",
+                     help="no TensorBoard events")
+    out.add_argument("--tensorboard", action="store_true", default=True,
                      help="write TensorBoard events to <save_dir>/tensorboard")
     return p
 
@@ -497,7 +501,7 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``train_compression.py`` and the ``train-compression`` console script."""
+    """Entry point of ``train_compression.py`` and the ``icm-train-compression`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args_with_config(build_parser(), argv, "compression")
     if args.resume and args.checkpoint and "checkpoint" not in command_line_flags(argv):
