@@ -1,10 +1,10 @@
 """Tests for icm.compression.datasets: stage-one pairs, plain folders, paired crops, splits."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import colour_shift, toy_image, truncate, write_toy_stage_one
 from torch.utils.data import DataLoader
 
 from icm.compression.datasets import (
@@ -15,46 +15,6 @@ from icm.compression.datasets import (
     split_pairs,
 )
 from icm.io import ImageReadError, read_image_tensor, write_image
-
-
-def toy_image(index: int, height: int = 80, width: int = 72) -> torch.Tensor:
-    """A smooth colour gradient with mild noise (8-bit exact after rounding)."""
-    generator = torch.Generator().manual_seed(index)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    phase = index / 7
-    x = torch.stack([yy, xx, (yy + xx + phase) % 1]) * 0.6 + 0.2 * torch.rand(3, height, width, generator=generator)
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def colour_shift(x: torch.Tensor) -> torch.Tensor:
-    """The toy 'augmentation': red up, blue down (learnable by a codec's decoder)."""
-    shift = torch.tensor([0.15, 0.0, -0.15]).view(3, 1, 1)
-    return ((x + shift).clamp(0, 1) * 255).round() / 255
-
-
-def truncate(path: Path) -> Path:
-    """Cut an image file to half its bytes (a download or copy that stopped early)."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def write_toy_stage_one(root: Path, count: int = 8, size: tuple[int, int] = (80, 72),
-                        augment=colour_shift, relative_sources: bool = False) -> Path:
-    """A stage-one output folder: originals in root/originals, images/<id>.png + manifest."""
-    out = root / "augmented_data"
-    (out / "images").mkdir(parents=True)
-    originals = root / "originals"
-    originals.mkdir()
-    lines = []
-    for i in range(count):
-        x = toy_image(i, *size)
-        write_image(originals / f"img{i}.png", x)
-        write_image(out / "images" / f"img{i}.png", augment(x))
-        source = f"../originals/img{i}.png" if relative_sources else str(originals / f"img{i}.png")
-        lines.append({"id": f"img{i}", "source": source, "output": f"images/img{i}.png", "linf": 0.15})
-    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return out
 
 
 def test_manifest_pairs_resolve_absolute_and_folder_relative_sources(tmp_path):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_compression_datasets import colour_shift, toy_image
+from helpers import colour_shift, toy_image
 from torch.utils.data import DataLoader, Dataset
 
 from icm.codec import build_codec

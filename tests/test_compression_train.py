@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compression_datasets import toy_image, truncate, write_toy_stage_one
+from helpers import toy_image, truncate, write_toy_stage_one
 
 from icm import codec
 from icm.codec import (

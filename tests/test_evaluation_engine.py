@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import SquareFinder, square_dataset, write_images
 from PIL import Image
 
 from icm.ap_bootstrap import PointSamples, map_from_matches
 from icm.codec import bits_per_pixel, build_codec
 from icm.data.records import DetectionDataset, DetectionSample
-from icm.detectors.base import Detector
 from icm.evaluation.engine import (
     CodecSpec,
     evaluate_codec,
@@ -23,17 +23,6 @@ from icm.evaluation.engine import (
 from icm.evaluation.image_codecs import IdentityCodec, LearnedCodec, PillowCodec
 from icm.evaluation.metrics import PSNR_CAP_DB
 from icm.io import read_image_tensor, read_json
-
-
-def write_images(tmp_path, sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i, (h, w) in enumerate(sizes):
-        ramp = np.linspace(0, 200, w)[None, :, None] + np.linspace(0, 40, h)[:, None, None]
-        arr = np.clip(ramp + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-        paths.append(tmp_path / f"img{i}.png")
-        Image.fromarray(arr).save(paths[-1])
-    return paths
 
 
 def folder_dataset(paths, sizes):
@@ -98,41 +87,6 @@ def test_jpeg_bpp_is_the_file_size(tmp_path):
     assert r["bpp"] == pytest.approx(len(payload) * 8 / (48 * 80))
     assert r["bpp"] == bits_per_pixel(len(payload), 48, 80)  # the one bpp formula, learned codecs' too
     assert 15 < r["psnr-rgb"] < 50
-
-
-class SquareFinder(Detector):
-    """A tiny real detector: the bounding box of bright pixels, scored by their brightness."""
-
-    name = family = "square_finder"
-
-    def __init__(self, classes, threshold=0.6):
-        super().__init__(classes)
-        self.threshold = threshold
-
-    def predict_raw(self, images):
-        out = []
-        for img in images:
-            mask = img.mean(0) > self.threshold
-            if not mask.any():
-                out.append({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)})
-                continue
-            ys, xs = torch.nonzero(mask, as_tuple=True)
-            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-            out.append({"boxes": box, "scores": img.mean(0)[mask].mean().reshape(1), "labels": torch.zeros(1, dtype=torch.long)})
-        return out
-
-
-def square_dataset(tmp_path, n=4, size=64):
-    rng = np.random.default_rng(1)
-    samples = []
-    for i in range(n):
-        arr = (rng.random((size, size, 3)) * 60).astype(np.uint8)
-        x0, y0 = int(rng.integers(4, 30)), int(rng.integers(4, 30))
-        arr[y0 : y0 + 24, x0 : x0 + 20] = 240
-        path = tmp_path / f"sq{i}.png"
-        Image.fromarray(arr).save(path)
-        samples.append(DetectionSample(str(i), path, size, size, [[x0, y0, x0 + 20, y0 + 24]], [0]))
-    return DetectionDataset("squares", ["square"], samples)
 
 
 def test_detection_keys_per_protocol_and_groups(tmp_path):

@@ -3,7 +3,7 @@ detector, result files, resume, and one-line errors."""
 
 import pytest
 import yaml
-from test_evaluation_engine import SquareFinder, write_images  # tests/ is on sys.path under pytest
+from helpers import SquareFinder, write_images
 
 from icm.data.toy import make_toy_dataset
 from icm.detectors import available, register

@@ -6,11 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import SquareFinder, square_dataset
 from PIL import Image
-from test_evaluation_engine import (  # tests/ is on sys.path under pytest
-    SquareFinder,
-    square_dataset,
-)
 
 from icm.ap_bootstrap import Interval, PointSamples, image_matches, map_from_matches
 from icm.evaluation.engine import CodecSpec, run_evaluation

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import SquareFinder
 from PIL import Image
-from test_evaluation_engine import SquareFinder  # tests/ is on sys.path under pytest
 
 from icm.codec import build_codec, save_codec_checkpoint
 from icm.detectors import available, register

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FakeDetector
 from torch import nn
 
 from icm.aafg.meta_aafg import (
@@ -20,51 +21,6 @@ from icm.detectors.base import Detector
 from icm.manifest import linf_8bit
 
 CLASSES = ["square", "circle"]
-
-
-class FakeDetector(Detector):
-    """A small frozen conv net whose loss is the BCE between its per-pixel objectness and the
-    target boxes' mask: differentiable in the pixels, and different seeds give different models."""
-
-    family = "fake"
-
-    def __init__(self, name: str = "fake", seed: int = 0, classes=CLASSES, log: list | None = None):
-        super().__init__(classes)
-        self.name = name
-        self.log = log
-        gen = torch.Generator().manual_seed(seed)
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 1, 3, padding=1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        self.predict_calls = 0
-
-    def objectness(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(torch.relu(self.conv1(x)))[:, 0]
-
-    def loss_raw(self, images, targets):
-        if self.log is not None and torch.is_grad_enabled():
-            self.log.append(self.name)
-        x = torch.stack(images)
-        mask = torch.zeros(x.shape[0], x.shape[2], x.shape[3])
-        for i, t in enumerate(targets):
-            for x1, y1, x2, y2 in t["boxes"].round().long().tolist():
-                mask[i, y1:y2, x1:x2] = 1.0
-        return nn.functional.binary_cross_entropy_with_logits(self.objectness(x), mask.to(x))
-
-    def predict_raw(self, images):
-        self.predict_calls += 1
-        out = []
-        for img in images:
-            heat = torch.sigmoid(self.objectness(img[None]))[0]
-            h, w = heat.shape
-            out.append({
-                "boxes": torch.tensor([[0.0, 0.0, w / 2, h / 2]]),
-                "scores": heat.mean().reshape(1),
-                "labels": torch.zeros(1, dtype=torch.int64),
-            })
-        return out
 
 
 class LinearDetector(Detector):

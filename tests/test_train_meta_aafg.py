@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import FakeDetector
 
 from icm.aafg import engine
 from icm.aafg import train as cli
@@ -18,9 +19,6 @@ from icm.aafg.meta_aafg import MetaAAFGConfig
 from icm.cli import detector_weights
 from icm.data.records import DetectionSample
 from icm.io import read_image_tensor, read_jsonl, write_image
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_meta_aafg import FakeDetector  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
