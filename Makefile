@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="--runslow -k detectors"`.
 PYTEST_ARGS ?=
 
-.PHONY: help venv install test test-all lint demo toy-data clean
+.PHONY: help venv install test test-all lint demo toy-data figures clean
 
 help:
 	@echo "make demo      run the whole pipeline on the toy world (CPU, minutes)"
 	@echo "make test      run the test suite (slow tests skipped; PYTEST_ARGS=--runslow for all)"
 	@echo "make lint      ruff"
 	@echo "make toy-data  generate the synthetic toy data set under data/toy"
+	@echo "make figures   copy the README's figures from the toy benchmark's outputs into img/"
 	@echo "make clean     remove runs/ and caches (keeps .venv and data/)"
 
 $(PY):
@@ -44,6 +45,16 @@ toy-data: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+# The README's figures: the only command that writes into img/. They come from the toy
+# benchmark's outputs (bash benchmarks/toy_benchmark.sh, into $(BENCH_OUT)).
+BENCH_OUT ?= runs/toy_benchmark
+figures:
+	@for f in rate_map-voc07.png visual.png; do \
+	    test -f $(BENCH_OUT)/$$f || { echo "error: $(BENCH_OUT)/$$f missing: run bash benchmarks/toy_benchmark.sh first" >&2; exit 1; }; \
+	done
+	cp $(BENCH_OUT)/rate_map-voc07.png img/toy_rate_map-voc07.png
+	cp $(BENCH_OUT)/visual.png img/toy_visual.png
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
