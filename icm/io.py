@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Larger than any image of VOC, COCO or Open Images (the biggest are ~ 30 MPix), far below
 # what a decompression bomb asks for. Override per call or with ICM_MAX_IMAGE_PIXELS.
 DEFAULT_MAX_PIXELS = int(os.environ.get("ICM_MAX_IMAGE_PIXELS", 100_000_000))
+_WRITER = f"{socket.gethostname().replace('.', '_').replace('-', '_')}-{os.getpid()}"  # in temp names
+_UMASK = os.umask(0o022)  # read the process umask (the only way) and put it back at once
+os.umask(_UMASK)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -124,15 +128,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid is in the name, so that a later run can tell a dead writer's leftover
+    # (remove_stale_temp_files) from a live one's file in progress.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_WRITER}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` (and below) whose
+    writer ran on this machine and is no longer alive (a save killed midway); another
+    machine's files (shards on a shared filesystem) are left alone. Returns the count."""
+    removed = 0
+    host = _WRITER.rsplit("-", 1)[0]
+    for tmp in Path(folder).rglob(".*.tmp"):
+        writer = next((p for p in tmp.name.split(".") if p.startswith(host + "-")), None)
+        pid = writer[len(host) + 1:] if writer else ""
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -115,6 +115,18 @@ def test_cosine_schedule_decays_every_step_and_resumes_on_the_same_curve(toy_dat
     assert [records(split, "train")[s]["lr"] for s in (3, 4, 5)] == pytest.approx(expected[2:], rel=1e-6)
 
 
+def test_a_new_run_never_replaces_another_unless_asked(toy_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_compression.main(toy_args(toy_data, run, "--max_steps", "3"))
+    before = (run / "last.pth.tar").read_bytes()
+    error = one_line_error(capsys, toy_args(toy_data, run, "--max_steps", "2"))
+    assert f"{run} holds a run (last.pth.tar, best.pth.tar, log.jsonl)" in error and "--overwrite" in error
+    assert (run / "last.pth.tar").read_bytes() == before  # untouched
+    train_compression.main(toy_args(toy_data, run, "--max_steps", "2", "--overwrite"))
+    assert sorted(records(run, "train")) == [1, 2]  # the old run's log is gone, not appended to
+    assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 2
+
+
 def test_checkpoint_starts_a_fine_tune_with_fresh_counters(toy_data, tmp_path):
     base = tmp_path / "base"
     train_compression.main(toy_args(toy_data, base, "--max_steps", "6"))

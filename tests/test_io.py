@@ -118,6 +118,31 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.json"]
 
 
+def test_atomic_writes_get_umask_permissions_and_dead_writers_leftovers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from icm import io as icm_io
+
+    atomic_write_json(tmp_path / "a.json", {"a": 1})
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / "sub").mkdir()
+    host = icm_io._WRITER.rsplit("-", 1)[0]
+    stale = tmp_path / "sub" / f".last.pth.tar.{host}-{dead_pid}.abc123.tmp"
+    live = tmp_path / f".last.pth.tar.{host}-{os.getpid()}.def456.tmp"  # a writer still at work
+    other_host = tmp_path / f".last.pth.tar.elsewhere-{dead_pid}.gh789.tmp"  # a shard on another machine
+    for path in (stale, live, other_host):
+        path.write_bytes(b"x")
+    assert icm_io.remove_stale_temp_files(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other_host.exists()
+    with icm_io.atomic_path(tmp_path / "x.bin") as tmp:
+        assert f".{icm_io._WRITER}." in tmp.name
+
+
 def test_jsonl_ignores_torn_last_line_but_not_corrupt_middle(tmp_path):
     path = tmp_path / "m.jsonl"
     append_jsonl(path, {"id": "a"})

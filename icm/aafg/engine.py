@@ -41,6 +41,7 @@ from icm.io import (
     atomic_write_json,
     read_image_tensor,
     read_jsonl,
+    remove_stale_temp_files,
     write_image,
 )
 from icm.manifest import MANIFEST_NAME as MANIFEST
@@ -208,6 +209,7 @@ def run_stage_one(
     save_path = Path(save_path)
     images_dir = (save_path / IMAGES_DIR).resolve()
     images_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(save_path)  # images or lines of a process killed midway
 
     mine = shard_samples(samples, *shard)
     done_before = finished_ids(save_path)

@@ -63,7 +63,7 @@ from icm.compression.engine import (
 )
 from icm.compression.losses import PseudoTargetLoss
 from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain
-from icm.io import ImageReadError, append_jsonl
+from icm.io import ImageReadError, append_jsonl, remove_stale_temp_files
 from icm.rng import capture_rng_state, restore_rng_state, seed_everything
 from icm.schedule import warmup_cosine
 
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
     out.add_argument("--log_every", type=int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
     out.add_argument("--save_every", type=int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="start a new run in --out even if it holds one (its checkpoints and log are replaced)")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
     out.add_argument("--no_tensorboard", "--no-tensorboard", dest="tensorboard", action="store_false",
                      help="no TensorBoard events")
@@ -244,6 +246,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--scheduler cosine decays over --max_steps: give --max_steps")
 
 
+def check_run_folder(save_dir: Path, args: argparse.Namespace) -> None:
+    """A new run never replaces another one's checkpoints or log unless asked to."""
+    if args.resume or args.overwrite:
+        return
+    held = [name for name in ("last.pth.tar", "best.pth.tar", "log.jsonl") if (save_dir / name).exists()]
+    if held:
+        raise ValueError(f"{save_dir} holds a run ({', '.join(held)}): --resume {save_dir / 'last.pth.tar'} "
+                         "continues it, --overwrite replaces it, or give another --out")
+
+
 def build_model(args: argparse.Namespace, resumed: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The codec to train and its ``arch`` record (``resumed``: the --resume checkpoint)."""
     if resumed is not None:
@@ -329,6 +341,7 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
         save_dir = Path(args.save_dir)
     else:  # a resumed run goes on where it was, never into another run's default folder
         save_dir = Path(args.resume).parent if args.resume else default_save_dir(args)
+    check_run_folder(save_dir, args)
     lmbda = args.lmbda if args.lmbda is not None else lambda_for(args.quality, args.metric)
     # Data and weights first, so a missing folder or zoo file leaves nothing written.
     train_pairs, val_pairs = load_pairs(args)
@@ -338,6 +351,9 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
         # Before joining the process group: recording the environment imports ultralytics,
         # whose import calls dist.barrier() once a group exists (a rank-0-only deadlock).
         save_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(save_dir)  # a save killed midway
+        if args.overwrite and not args.resume:
+            (save_dir / "log.jsonl").unlink(missing_ok=True)
         save_run_config(save_dir, {**vars(args), "lambda_resolved": lmbda, "save_dir": str(save_dir)}, str(device))
     context = init_distributed(device)
 
