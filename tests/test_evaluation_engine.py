@@ -111,7 +111,11 @@ def test_group_means_skip_missing_values():
     assert out == {"map-coco:seen-mean": 0.2, "map-coco:unseen-mean": 0.6, "map-coco:all-mean": pytest.approx(0.4)}
 
 
-def test_parse_codec_spec():
+def test_parse_codec_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in ("a", "b", "q3"):
+        (tmp_path / "runs" / f"{name}.pth.tar").write_bytes(b"")
     assert parse_codec_spec("none", [1], [50]) == CodecSpec("none", "none")
     assert parse_codec_spec("jpeg=10,30", [1], [50]) == CodecSpec("pillow", "jpeg", [10, 30])
     assert parse_codec_spec("webp", [1], [50, 70]).qualities == [50, 70]
@@ -124,6 +128,8 @@ def test_parse_codec_spec():
         parse_codec_spec("mystery", [1], [50])
     with pytest.raises(ValueError, match="not an integer"):
         parse_codec_spec("jpeg=high", [1], [50])
+    with pytest.raises(ValueError, match="runs/c.pth.tar: no such checkpoint file"):
+        parse_codec_spec("maa=runs/a.pth.tar,runs/c.pth.tar", [1], [50])
 
 
 def test_result_files_curve_and_resume(tmp_path):

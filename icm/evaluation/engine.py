@@ -116,9 +116,16 @@ def parse_codec_spec(text: str, zoo_qualities: Sequence[int], pillow_qualities: 
         qualities = [_quality(q, text) for q in items] or list(zoo_qualities)
         return CodecSpec("zoo", resolve_backbone(zoo_key), qualities)
     if items:
-        return CodecSpec("checkpoint", label, paths=[Path(p) for p in items])
-    if _is_checkpoint_path(label):
-        return CodecSpec("checkpoint", checkpoint_label(label), paths=[Path(label)])
+        spec = CodecSpec("checkpoint", label, paths=[Path(p) for p in items])
+    elif _is_checkpoint_path(label):
+        spec = CodecSpec("checkpoint", checkpoint_label(label), paths=[Path(label)])
+    else:
+        spec = None
+    if spec is not None:
+        missing = [p for p in spec.paths if not p.is_file()]
+        if missing:  # before any codec is evaluated, not after the others
+            raise ValueError(f"--codecs {text!r}: {missing[0]}: no such checkpoint file")
+        return spec
     raise ValueError(
         f"--codecs {text!r}: not none, jpeg, webp, a CompressAI zoo name "
         f"({', '.join(ARCHITECTURES)}) or a checkpoint path"
