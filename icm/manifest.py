@@ -7,7 +7,8 @@ A stage-one output folder holds ``images/<id>.png`` (8-bit, lossless, original s
 augmented image, relative to the folder), ``width``, ``height``, ``linf`` (the L-inf
 distance in 8-bit levels, :func:`linf_8bit`) and the model set's ``loss_before`` and
 ``loss_after``. Readers need only ``id``, ``source`` and ``output``; the last line of a
-repeated id wins.
+repeated id wins. An ``output`` that is absolute or climbs out with ``..`` is refused (a
+symlinked ``images`` folder is fine).
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def read_manifest_pairs(root: str | os.PathLike) -> list[ImagePair]:
         if missing_keys:
             raise ValueError(f"{manifest}:{line_no}: record lacks {', '.join(missing_keys)}")
         key = str(record["id"])
-        by_id[key] = ImagePair(key, _resolve_source(root, str(record["source"])), root / record["output"])
+        output = Path(str(record["output"]))
+        if output.is_absolute() or ".." in output.parts:  # the augmented image lives in the folder
+            raise ValueError(f"{manifest}:{line_no}: output {str(output)!r} leaves {root}; refused")
+        by_id[key] = ImagePair(key, _resolve_source(root, str(record["source"])), root / output)
     pairs, missing = [], []
     for pair in by_id.values():
         if pair.original.is_file() and pair.augmented.is_file():

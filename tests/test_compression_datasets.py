@@ -128,11 +128,15 @@ def test_validation_uses_the_centre_crop(tmp_path):
     assert torch.equal(x_aug, colour_shift(full)[:, 24:56, 20:52])
 
 
-def test_size_mismatch_between_halves_is_an_error(tmp_path):
-    root = write_toy_stage_one(tmp_path, count=1)
+def test_size_mismatch_between_halves_is_skipped_like_an_unreadable_pair(tmp_path):
+    root = write_toy_stage_one(tmp_path, count=2)
     write_image(root / "images" / "img0.png", toy_image(0, 40, 40))
-    with pytest.raises(ValueError, match=r"img0.png: size \(40, 40\) differs from its original"):
-        PairedImageDataset(read_pairs(root), 32)[0]
+    dataset = PairedImageDataset(read_pairs(root), 32)
+    with pytest.raises(ImageReadError, match=r"img0.png: size \(40, 40\) differs from its original"):
+        dataset.load(0)
+    x, x_aug = dataset[0]  # the next pair stands in, and the bad one is counted
+    assert x.shape == x_aug.shape == (3, 32, 32)
+    assert dataset.unreadable_paths() == [root / "images" / "img0.png"]
 
 
 def test_split_is_seeded_disjoint_and_keeps_one_validation_pair(tmp_path):
@@ -168,9 +172,9 @@ def test_unreadable_pair_is_flagged_and_the_next_pair_stands_in(tmp_path):
     assert all(torch.equal(u, v) for u, v in zip(dataset[3], dataset[4]))
     assert dataset.unreadable.tolist() == [0, 2, 0, 1, 0]
     assert dataset.unreadable_paths() == [bad_augmented, bad_original]
-    write_image(root / "images" / "img0.png", toy_image(0, 40, 40))
-    with pytest.raises(ValueError, match=r"img0.png: size \(40, 40\) differs"):  # a wrong pair: not skipped
-        dataset[0]
+    write_image(root / "images" / "img0.png", toy_image(0, 40, 40))  # a wrong pair: skipped as well
+    assert all(torch.equal(u, v) for u, v in zip(dataset[0], dataset[2]))  # img1 is flagged already
+    assert dataset.unreadable.tolist() == [2, 2, 0, 1, 0]
 
 
 def test_unreadable_flags_set_in_worker_processes_reach_the_main_process(tmp_path):

@@ -215,12 +215,13 @@ def test_unreadable_images_are_skipped_with_one_warning_and_too_many_stop_the_ru
     assert error == (f"error: {bad}: 1 of 6 image pairs are unreadable, more than --max_unreadable_fraction 0.01; "
                      "check the dataset")
 
-    # A wrong pair (not an unreadable one) raised in a worker: its own line, not the worker's traceback.
+    # A pair whose halves differ in size is skipped and counted like an unreadable one.
     write_image(train_pairs[2].augmented, toy_image(0, 40, 40))
-    error = one_line_error(capsys, toy_args(root, tmp_path / "mismatch", "--max_steps", "3", "--num_workers", "2",
-                                            "--max_unreadable_fraction", "0.2"))
-    assert error == (f"error: {train_pairs[2].augmented}: size (40, 40) differs from its original "
-                     f"{train_pairs[2].original} (64, 64)")
+    with pytest.warns(UserWarning, match="unreadable") as warned:
+        train_compression.main(toy_args(root, tmp_path / "mismatch", "--max_steps", "3", "--num_workers", "2",
+                                        "--max_unreadable_fraction", "0.4"))
+    [message] = [str(w.message) for w in warned if "unreadable" in str(w.message)]
+    assert "skipped 2 unreadable image pair(s)" in message and str(train_pairs[2].augmented) in message
 
 
 def test_offline_zoo_weights_and_bad_flags_are_one_line_errors(toy_data, tmp_path, monkeypatch, capsys):

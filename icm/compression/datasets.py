@@ -100,8 +100,8 @@ class PairedImageDataset(Dataset):
         if pair.augmented == pair.original:
             return x, x
         x_aug = read_image_tensor(pair.augmented)
-        if x_aug.shape != x.shape:
-            raise ValueError(
+        if x_aug.shape != x.shape:  # skipped and counted like an unreadable pair
+            raise ImageReadError(
                 f"{pair.augmented}: size {tuple(x_aug.shape[1:])} differs from its original "
                 f"{pair.original} {tuple(x.shape[1:])}"
             )
