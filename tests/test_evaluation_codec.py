@@ -96,3 +96,51 @@ def test_pack_rejects_batches(assets):
     x = read_image_tensor(image)[None].repeat(2, 1, 1, 1)
     with pytest.raises(ValueError, match="exactly one image"):
         pack(compress_image(model, x), {})
+
+
+def _reheader(data: bytes, change: dict, version: int = 2) -> bytes:
+    """The same file with header fields changed and a valid checksum (a forged file)."""
+    import hashlib
+    import json
+    import struct
+
+    head_len = struct.unpack_from(">H", data, 5)[0]
+    header = json.loads(data[7 : 7 + head_len])
+    header.update(change)
+    head = json.dumps(header, sort_keys=True).encode()
+    body = data[:4] + bytes([version]) + struct.pack(">H", len(head)) + head + data[7 + head_len : -32]
+    return body + hashlib.sha256(body).digest() if version >= 2 else body
+
+
+def test_forged_and_corrupted_files_are_refused_before_decoding(assets, tmp_path, capsys):
+    _, _, ckpt, image = assets
+    good = tmp_path / "good.bin"
+    main(["compress", str(image), "-o", str(good), "--checkpoint", str(ckpt)])
+    data = good.read_bytes()
+    out = tmp_path / "x.png"
+    flipped = bytearray(data)
+    flipped[len(data) - 40] ^= 0xFF  # a payload byte
+    cases = {
+        "flipped": (bytes(flipped), "checksum mismatch"),
+        "huge": (_reheader(data, {"shape": [100, 100]}), "latent shape [100, 100] does not fit"),
+        "negative_pad": (_reheader(data, {"pad": [-50000, 0, 0, 0]}), "pad [-50000, 0, 0, 0]"),
+        "forged_size": (_reheader(data, {"height": 51}), "expected"),
+        "over_limit": (_reheader(data, {"height": 100000, "width": 100000}), "over the limit"),
+        "wrong_type": (_reheader(data, {"height": "50"}), "height '50'"),
+        "streams": (_reheader(data, {"num_streams": 9}), "num_streams 9"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(content)
+        code, err = run(["decompress", str(path), "-o", str(out), "--checkpoint", str(ckpt)], capsys)
+        assert code == 2 and message in err and str(path) in err and "\n" not in err, (name, err)
+    assert not out.exists()
+    small = tmp_path / "limit.bin"
+    small.write_bytes(data)
+    code, err = run(["decompress", str(small), "-o", str(out), "--checkpoint", str(ckpt), "--max_pixels", "100"], capsys)
+    assert code == 2 and "over the limit of 100" in err
+    old = tmp_path / "v1.bin"  # format 1: no checksum; decodes, with a warning
+    old.write_bytes(_reheader(data, {}, version=1))
+    with pytest.warns(UserWarning, match="no checksum"):
+        assert main(["decompress", str(old), "-o", str(out), "--checkpoint", str(ckpt)]) == 0
+    assert read_image_tensor(out).shape == (3, 50, 70)

@@ -1,16 +1,19 @@
 """Encode one image into a real bitstream file and decode it back.
 
-    python -m icm.evaluation.codec_file compress IMG -o FILE.bin --checkpoint CK.pth.tar
-    python -m icm.evaluation.codec_file compress IMG -o FILE.bin --backbone bmshj2018-hyperprior --quality 3
-    python -m icm.evaluation.codec_file decompress FILE.bin -o IMG.png [--checkpoint CK.pth.tar]
+    python Evaluation/codec.py compress IMG -o FILE.bin --checkpoint CK.pth.tar
+    python Evaluation/codec.py compress IMG -o FILE.bin --backbone bmshj2018-hyperprior --quality 3
+    python Evaluation/codec.py decompress FILE.bin -o IMG.png [--checkpoint CK.pth.tar]
 
-File layout (big-endian): magic ``ICMC`` | format version (u8) | header length (u16) |
-header (UTF-8 JSON: codec ``arch`` with backbone, quality, metric and sizes; ``source``
-zoo or checkpoint with the checkpoint's file name and SHA-256 prefix; image ``height`` and
-``width``; padding; latent ``shape``; number of streams) | per stream: length (u32) + bytes.
-A zoo-coded file decodes from the file alone; a checkpoint-coded file also needs that
-checkpoint (the header names it and its hash is checked). Truncated or foreign files
-give a one-line error.
+File layout (big-endian), format version 2: magic ``ICMC`` | format version (u8) | header
+length (u16) | header (UTF-8 JSON: codec ``arch`` with backbone, quality, metric and sizes;
+``source`` zoo or checkpoint with the checkpoint's file name and SHA-256 prefix; image
+``height`` and ``width``; padding; latent ``shape``; number of streams) | per stream:
+length (u32) + bytes | SHA-256 of everything before it (32 bytes; version 1 files have none
+and still decode, with a warning). A zoo-coded file decodes from the file alone; a
+checkpoint-coded file also needs that checkpoint (the header names it and its hash is
+checked). Truncated, foreign or corrupted files, and headers that do not fit together
+(size over ``--max_pixels``, padding, latent shape, stream count), give a one-line error
+before anything is decoded.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import hashlib
 import json
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import torch
+from compressai.ops import compute_padding
 
 from icm.cli import exit_on_user_error, resolve_device
 from icm.codec import (
@@ -34,12 +39,16 @@ from icm.codec import (
     real_bpp,
 )
 from icm.config import parse_args_with_config
-from icm.io import atomic_write_bytes, read_image_tensor, write_image
+from icm.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, read_image_tensor, write_image
 
 MAGIC = b"ICMC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a SHA-256 of everything before it ends the file; 1 (no checksum) still decodes
 _PREFIX = struct.Struct(">4sBH")  # magic, version, header length
 _LENGTH = struct.Struct(">I")
+_DIGEST = 32
+PAD_MULTIPLE = 64  # icm.codec.compress_image pads to this
+LATENT_STRIDES = (16, 64)  # image pixels per latent element of the coded ``shape`` (factorized; hyperpriors)
+MAX_STREAMS = 4
 
 
 class CodecFileError(ValueError):
@@ -66,12 +75,16 @@ def pack(compressed: CompressedImage, header: dict) -> bytes:
     parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)), head]
     for stream in compressed.strings:
         parts += [_LENGTH.pack(len(stream[0])), stream[0]]
-    return b"".join(parts)
+    body = b"".join(parts)
+    return body + hashlib.sha256(body).digest()
 
 
-def unpack(data: bytes, source: str = "<bytes>") -> tuple[CompressedImage, dict]:
+def unpack(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[CompressedImage, dict]:
     """Parse a codec file; :class:`CodecFileError` (one line, naming ``source``) when it is
-    truncated, foreign or of another format version."""
+    truncated, foreign, of another format version, corrupted (checksum), or when its header
+    does not describe an image this tool would have written (checked before any decoding
+    allocates memory: sizes against ``max_pixels``, padding and latent shape against each
+    other, stream count and lengths against the file size)."""
     if len(data) < _PREFIX.size:
         if MAGIC.startswith(data[:4]) and data:
             raise CodecFileError(f"{source}: truncated codec file ({len(data)} bytes)")
@@ -79,8 +92,17 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[CompressedImage, dict]
     magic, version, head_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise CodecFileError(f"{source}: not an ICM codec file (no {MAGIC.decode()} magic)")
-    if version != FORMAT_VERSION:
-        raise CodecFileError(f"{source}: codec file format version {version}, this tool reads {FORMAT_VERSION}")
+    if version not in (1, FORMAT_VERSION):
+        raise CodecFileError(f"{source}: codec file format version {version}, this tool reads 1 and {FORMAT_VERSION}")
+    if version >= 2:
+        if len(data) < _PREFIX.size + _DIGEST:
+            raise CodecFileError(f"{source}: truncated codec file ({len(data)} bytes)")
+        data, digest = data[:-_DIGEST], data[-_DIGEST:]
+        if hashlib.sha256(data).digest() != digest:
+            raise CodecFileError(f"{source}: truncated or corrupted codec file (checksum mismatch)")
+    else:
+        warnings.warn(f"{source}: codec file format version 1 has no checksum; corruption cannot be detected",
+                      stacklevel=2)
     offset = _PREFIX.size + head_len
     if len(data) < offset:
         raise CodecFileError(f"{source}: truncated codec file (header cut at {len(data)} bytes)")
@@ -89,6 +111,9 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[CompressedImage, dict]
         num_streams = int(header["num_streams"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CodecFileError(f"{source}: corrupt codec file header ({e})") from None
+    image_size, pad, shape = _checked_geometry(header, source, max_pixels)
+    if not 1 <= num_streams <= MAX_STREAMS:
+        raise CodecFileError(f"{source}: corrupt codec file header (num_streams {num_streams})")
     strings = []
     for i in range(num_streams):
         if len(data) < offset + _LENGTH.size:
@@ -103,10 +128,35 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[CompressedImage, dict]
         offset += length
     if offset != len(data):
         raise CodecFileError(f"{source}: {len(data) - offset} unexpected bytes after the last stream")
-    compressed = CompressedImage(strings=strings, shape=tuple(header["shape"]),
-                                 image_size=(int(header["height"]), int(header["width"])),
-                                 pad=tuple(header["pad"]))
-    return compressed, header
+    return CompressedImage(strings=strings, shape=shape, image_size=image_size, pad=pad), header
+
+
+def _checked_geometry(header: dict, source: str, max_pixels: int) -> tuple[tuple[int, int], tuple, tuple]:
+    """(height, width), pad and latent shape of a header, each checked against the others."""
+    def integers(key: str, count: int) -> list[int]:
+        value = header.get(key)
+        values = value if isinstance(value, list) else [value]
+        if len(values) != count or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise CodecFileError(f"{source}: corrupt codec file header ({key} {value!r})")
+        return values
+
+    (height,), (width,) = integers("height", 1), integers("width", 1)
+    if height < 1 or width < 1:
+        raise CodecFileError(f"{source}: corrupt codec file header (image {width}x{height})")
+    if height * width > max_pixels:
+        raise CodecFileError(f"{source}: image of {width}x{height} pixels is over the limit of {max_pixels} "
+                             "(--max_pixels, or ICM_MAX_IMAGE_PIXELS)")
+    pad = tuple(integers("pad", 4))
+    expected, _ = compute_padding(height, width, min_div=PAD_MULTIPLE)
+    if pad != tuple(expected):
+        raise CodecFileError(f"{source}: corrupt codec file header (pad {list(pad)} for a {width}x{height} image, "
+                             f"expected {list(expected)})")
+    shape = tuple(integers("shape", 2))
+    padded = (height + pad[2] + pad[3], width + pad[0] + pad[1])
+    if not any(shape == (padded[0] // s, padded[1] // s) for s in LATENT_STRIDES):
+        raise CodecFileError(f"{source}: corrupt codec file header (latent shape {list(shape)} does not fit "
+                             f"a {padded[1]}x{padded[0]} padded image)")
+    return (height, width), pad, shape
 
 
 def load_model(checkpoint: str | None, backbone: str | None, quality: int | None, metric: str,
@@ -139,12 +189,12 @@ def compress_file(image: str | Path, output: str | Path, checkpoint: str | None 
 
 
 def decompress_file(bitstream: str | Path, output: str | Path, checkpoint: str | None = None,
-                    device: str = "cpu") -> torch.Tensor:
+                    device: str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Decode ``bitstream`` into the image file ``output`` (format from its suffix)."""
     bitstream = Path(bitstream)
     if not bitstream.is_file():
         raise FileNotFoundError(f"{bitstream}: file not found")
-    compressed, header = unpack(bitstream.read_bytes(), str(bitstream))
+    compressed, header = unpack(bitstream.read_bytes(), str(bitstream), max_pixels)
     arch, source = header.get("arch", {}), header.get("source", {})
     dev = resolve_device(device)
     if source.get("kind") == "checkpoint":
@@ -180,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("bitstream", help="input bitstream file")
     d.add_argument("-o", "--output", required=True, help="output image (PNG keeps it lossless)")
     d.add_argument("--checkpoint", default=None, help="the checkpoint the file was encoded with (if not zoo)")
+    d.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest image (height x width) a file may announce; checked before decoding")
     return p
 
 
@@ -193,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{info['bpp']:.4f} bpp payload, {info['file_bpp']:.4f} bpp with header, "
               f"{info['width']}x{info['height']}")
     else:
-        decompress_file(args.bitstream, args.output, args.checkpoint, args.device)
+        decompress_file(args.bitstream, args.output, args.checkpoint, args.device, args.max_pixels)
         print(args.output)
     return 0
 
