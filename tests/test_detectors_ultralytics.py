@@ -1,6 +1,8 @@
 """Ultralytics family: letterbox geometry, class translation, the loss against ultralytics'
 own criterion, zoo-file loading through ultralytics' loader, trainable mode."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,8 @@ from icm.detectors import build_detector
 from icm.detectors.ultralytics_family import PAD_VALUE
 
 CLASSES = ["circle", "square", "triangle"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _image(h, w, seed=0):
@@ -121,14 +125,54 @@ def test_zoo_file_loads_through_ultralytics_loader(tmp_path):
     path = tmp_path / "custom.pt"
     torch.save({"model": network, "train_args": {}}, path)
 
-    detector = build_detector("yolov8", weights=path, classes=VOC_CLASSES, imgsz=None)
+    with pytest.raises(ValueError, match="custom.pt: an ultralytics .pt file is a pickle"):
+        build_detector("yolov8", weights=path, classes=VOC_CLASSES, imgsz=None)
+    detector = build_detector("yolov8", weights=path, classes=VOC_CLASSES, imgsz=None, trust_pickle=True)
     assert detector.native_classes == ["person", "car", "dog", "airplane"]
     assert detector.label_map.native_to_dataset.tolist() == [14, 6, 11, 0]
     assert torch.equal(detector.model.model[0].conv.weight, network.model[0].conv.weight)
 
-    finetune = build_detector("yolov8", weights=path, classes=CLASSES, num_classes=3, imgsz=None)
+    finetune = build_detector("yolov8", weights=path, classes=CLASSES, num_classes=3, imgsz=None, trust_pickle=True)
     assert finetune.model.nc == 3
     assert torch.equal(finetune.model.model[0].conv.weight, network.model[0].conv.weight)
 
     with pytest.raises(FileNotFoundError, match="nothere.pt: weights file not found"):
         build_detector("yolov8", weights=tmp_path / "nothere.pt")
+
+
+class _Payload:
+    """A pickle that runs code when loaded (it writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_with_a_payload_never_runs_and_a_trusted_file_converts_once(tmp_path, capsys):
+    import importlib.util
+
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(marker)}, evil)
+    with pytest.raises(ValueError, match="evil.pt: an ultralytics .pt file is a pickle"):
+        build_detector("toy_yolov8", weights=evil)
+    assert not marker.exists()
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    network = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    network.names = {0: "square", 1: "circle"}
+    trusted = tmp_path / "trusted.pt"
+    torch.save({"model": network, "train_args": {}}, trusted)
+    spec = importlib.util.spec_from_file_location("convert_weights", ROOT / "scripts" / "convert_weights.py")
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    with pytest.raises(SystemExit):
+        convert.main(["yolov8", str(trusted), str(tmp_path / "ours.pt")])  # no --trust_pickle
+    assert "--trust_pickle" in capsys.readouterr().err and not (tmp_path / "ours.pt").exists()
+    assert convert.main(["yolov8", str(trusted), str(tmp_path / "ours.pt"), "--trust_pickle"]) == 0
+    loaded = build_detector("yolov8", weights=tmp_path / "ours.pt")  # plain data: weights_only
+    assert loaded.native_classes == ["square", "circle"]
+    assert torch.equal(loaded.model.model[0].conv.weight, network.model[0].conv.weight)

@@ -88,9 +88,14 @@ def _architecture(spec: UltralyticsSpec) -> dict:
     return {**yaml_model_load(spec.yaml), **copy.deepcopy(spec.overrides)}
 
 
-def _load_zoo_network(name: str, spec: UltralyticsSpec, weights: str | Path) -> nn.Module:
+def _load_zoo_network(name: str, spec: UltralyticsSpec, weights: str | Path, trust_pickle: bool = False) -> nn.Module:
     """A network from an ultralytics ``.pt`` file, through ultralytics' own loader (which
-    downloads official assets by bare name when online)."""
+    downloads official assets by bare name when online).
+
+    Those files are pickles, and unpickling can run code. The official assets, fetched by
+    ultralytics itself from its own releases, are trusted as the installed library is; any
+    other file is refused unless ``trust_pickle`` (``scripts/convert_weights.py
+    --trust_pickle`` converts one once into our checkpoint format, which holds plain data)."""
     from ultralytics.nn.tasks import load_checkpoint
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
 
@@ -103,6 +108,11 @@ def _load_zoo_network(name: str, spec: UltralyticsSpec, weights: str | Path) -> 
     file = spec.weights_file if default else str(weights)
     if not default and not Path(file).is_file() and Path(file).name not in GITHUB_ASSETS_NAMES:
         raise FileNotFoundError(f"{file}: weights file not found")
+    if not default and Path(file).is_file() and not trust_pickle:
+        raise ValueError(
+            f"{file}: an ultralytics .pt file is a pickle, and loading one can run code; if it comes from a "
+            f"source you trust, convert it once: python scripts/convert_weights.py {name} {file} OUT.pt "
+            f"--trust_pickle, then pass --weights {name}=OUT.pt")
     try:
         network, _ = load_checkpoint(file)
     except (ConnectionError, OSError) as e:  # offline: ultralytics raises ConnectionError
@@ -269,6 +279,7 @@ def build_ultralytics(
     max_det: int = 300,
     arch: dict | None = None,
     pseudo_threshold: float = 0.3,
+    trust_pickle: bool = False,
 ) -> UltralyticsDetector:
     """Build the ultralytics detector registered as ``name``.
 
@@ -277,7 +288,8 @@ def build_ultralytics(
     ``num_classes`` classes of its own (zoo weights then transfer except the class layer).
     ``imgsz``: long side of the letterboxed input (default 640 for zoo models, ``None`` =
     input size for toy models); ``conf``/``iou``/``max_det``: NMS settings of ``predict``;
-    ``arch``: a model YAML dict instead of the registered one (stored in our checkpoints).
+    ``arch``: a model YAML dict instead of the registered one (stored in our checkpoints);
+    ``trust_pickle``: load a local ultralytics ``.pt`` file (a pickle: see _load_zoo_network).
     """
     _quiet_ultralytics()
     spec = SPECS[name]
@@ -285,7 +297,7 @@ def build_ultralytics(
         imgsz = spec.imgsz
     zoo_network = None
     if weights == "default" or is_weights_path(weights):
-        zoo_network = _load_zoo_network(name, spec, weights)
+        zoo_network = _load_zoo_network(name, spec, weights, trust_pickle)
     if zoo_network is not None and num_classes is None:
         names = zoo_network.names
         native, dataset = resolve_classes(classes, None, [str(v) for v in (names.values() if isinstance(names, dict) else names)])

@@ -1,0 +1,48 @@
+"""Convert a pickled ultralytics ``.pt`` file, once, into this project's detector checkpoint
+(plain data, loaded with ``torch.load(weights_only=True)``).
+
+    python scripts/convert_weights.py yolov8 ~/Downloads/yolov8n-custom.pt runs/yolov8-custom.pt --trust_pickle
+
+An ultralytics ``.pt`` file is a pickle: loading it runs whatever code it names. Only
+convert files from a source you trust; the CLIs refuse such files otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from icm.cli import exit_on_user_error
+from icm.detectors import build_detector, save_detector_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="registered detector name (an ultralytics family one, e.g. yolov8)")
+    p.add_argument("source", help="the ultralytics .pt file")
+    p.add_argument("out", help="our checkpoint to write")
+    p.add_argument("--trust_pickle", action="store_true",
+                   help="required: you trust the file's source (unpickling it can run code)")
+    return p
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.trust_pickle:
+        raise ValueError(f"{args.source}: unpickling can run code; give --trust_pickle if you trust its source")
+    source = Path(args.source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: file not found")
+    detector = build_detector(args.name, weights=str(source), trust_pickle=True)
+    card = {"converted_from": source.name, "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    save_detector_checkpoint(args.out, detector, card=card, half=False)
+    print(f"{args.out}: {args.name} with {len(detector.classes)} classes, from {source.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
