@@ -135,10 +135,12 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
         value = [f"{k}={v}" for k, v in value.items()]  # a NAME: VALUE mapping for a NAME=VALUE flag
     if (action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)) and not isinstance(value, list):
         value = [value]
+    if isinstance(value, list) and action.nargs is None and isinstance(action, argparse._StoreAction):
+        raise ConfigError(f"{where}: bad value ({value!r} is not a single value)")
     items = value if isinstance(value, list) else [value]
     if action.type is not None:
         try:
-            items = [action.type(v) if isinstance(v, str) else v for v in items]
+            items = [_typed(action.type, v) for v in items]
         except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
             raise ConfigError(f"{where}: bad value ({e})") from e
     if action.choices is not None:
@@ -146,6 +148,22 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
         if bad:
             raise ConfigError(f"{where}={bad[0]!r} is not one of {list(action.choices)}")
     return items if isinstance(value, list) else items[0]
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """``value`` (a YAML scalar) through a flag's ``type``, as the command line would give it:
+    ``batch_size: 2.7`` is as wrong as ``--batch_size 2.7``; a list for a scalar is an error."""
+    if isinstance(value, str):
+        return kind(value)
+    if value is None:  # YAML null: the flag's "not given"
+        return None
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"{value!r} is not a single value")
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{value!r} is a boolean")
+    if kind is int and isinstance(value, float):
+        raise ValueError(f"{value!r} is not an integer")
+    return kind(value) if kind in (int, float) else value
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:

@@ -61,6 +61,14 @@ def test_bad_values_and_choices_are_errors(tmp_path):
     cfg.write_text("meta_aafg:\n  epsilon: eight\n")
     with pytest.raises(ConfigError, match="epsilon: bad value"):
         parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+    # Checked before any work, as the command line would: floats, booleans and lists for an int.
+    for bad, message in (("2.7", "2.7 is not an integer"), ("true", "True is a boolean"), ("[1, 2]", "not a single value")):
+        cfg.write_text(f"meta_aafg:\n  meta_steps: {bad}\n")
+        with pytest.raises(ConfigError, match=f"meta_steps: bad value .*{message}"):
+            parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+    cfg.write_text("meta_aafg:\n  meta_steps: 4\n  epsilon: 0.05\n")
+    args = parse_args_with_config(_parser(), ["--config", str(cfg)], "meta_aafg")
+    assert args.meta_steps == 4 and args.epsilon == 0.05
 
 
 def test_list_flags_accept_scalars_and_typed_items(tmp_path):
