@@ -16,7 +16,8 @@ from icm.config import ConfigError
 from icm.io import ImageReadError
 
 # Errors a user can cause with a bad flag or file; they get one line, not a traceback.
-USER_ERRORS = (ConfigError, ImageReadError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, ImageReadError, FileNotFoundError, ValueError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
 RANDOM_INIT = ("none", "random")
 
 
@@ -75,6 +76,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def user_error_text(error: Exception) -> str:
+    """One line: ``PATH: reason`` for an operating-system error on a file, else the message."""
+    if isinstance(error, FileExistsError) and error.filename is not None and os.path.isfile(error.filename):
+        return f"{error.filename}: is a file, not a folder"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
     """Decorate a CLI ``main``: user errors print ``error: ...`` and exit with status 2.
 
@@ -88,7 +98,7 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int | N
         except USER_ERRORS as e:
             if os.environ.get("ICM_DEBUG"):
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {user_error_text(e)}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

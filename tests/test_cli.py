@@ -65,3 +65,34 @@ def test_detector_weights_from_flags_and_configs():
     assert detector_weights(None) == {}
     with pytest.raises(argparse.ArgumentTypeError):
         detector_weights(["no-equals"])
+
+
+def test_an_output_path_that_is_a_file_is_one_line_in_every_stage_cli(tmp_path, capsys):
+    from helpers import toy_image
+
+    from icm.aafg import train as stage_one
+    from icm.compression import train as stage_two
+    from icm.data import make_toy_dataset
+    from icm.evaluation import evaluate
+    from icm.io import write_image
+
+    images = tmp_path / "images"
+    for i in range(2):
+        write_image(images / f"{i}.png", toy_image(i, 32, 32))
+    toy = make_toy_dataset(tmp_path / "toy", train=2, val=1, size=64)
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should go")
+    runs = {
+        "stage one": (stage_one.main, ["--dataset", "TOY", "--data_root", str(toy), "--models", "toy_centernet",
+                                       "--weights", "toy_centernet=none", "--meta_steps", "1", "--inner_steps", "1",
+                                       "--no_progress", "--out", str(taken)]),
+        "stage two": (stage_two.main, ["--dataset", str(images), "--no_pretrained", "--N", "8", "--M", "8",
+                                       "--patch_size", "32", "--num_workers", "0", "--max_steps", "1", "--out", str(taken)]),
+        "evaluation": (evaluate.main, ["--dataset", str(images), "--codecs", "none", "--no_progress", "--out", str(taken)]),
+    }
+    for name, (main, argv) in runs.items():
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1] == f"error: {taken}: is a file, not a folder", (name, err)
+    assert taken.read_text().startswith("a file")
