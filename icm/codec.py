@@ -44,7 +44,7 @@ from compressai.zoo.image import cfgs as ZOO_CONFIGS
 from compressai.zoo.image import model_urls as ZOO_URLS
 from torch import nn
 
-from icm.io import atomic_torch_save
+from icm.io import atomic_torch_save, check_tensors_sha256, tensors_sha256
 
 CHECKPOINT_FORMAT = "icm-codec"
 
@@ -233,7 +233,8 @@ def save_codec_checkpoint(
     model.update(force=True)
     arch = {**architecture_sizes(model), **arch}
     arch["backbone"] = resolve_backbone(arch["backbone"])
-    checkpoint = {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": model.state_dict()}
+    state = model.state_dict()
+    checkpoint = {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": state, "state_sha256": tensors_sha256(state)}
     for key, value in (extra or {}).items():
         if key in checkpoint:
             raise ValueError(f"extra checkpoint key {key!r} clashes with a reserved key")
@@ -253,6 +254,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot load as a weights-only checkpoint ({first_line})") from e
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+    check_tensors_sha256(checkpoint, path)
     return checkpoint
 
 

@@ -8,6 +8,7 @@ into place, so a crash never leaves a half-written image, JSON or checkpoint beh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -140,6 +141,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def tensors_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes (stored in our checkpoints,
+    checked when they load: flipped bits in a tensor are found, not trained on)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_tensors_sha256(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """One-line ValueError naming ``path`` when its ``state_dict`` no longer matches the stored
+    ``state_sha256`` (files without one, such as zoo files, are not checked)."""
+    expected = checkpoint.get("state_sha256")
+    if expected is not None and tensors_sha256(checkpoint.get("state_dict", {})) != expected:
+        raise ValueError(f"{path}: corrupted checkpoint (its tensors do not match their stored SHA-256)")
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> int:

@@ -127,6 +127,20 @@ def test_a_new_run_never_replaces_another_unless_asked(toy_data, tmp_path, capsy
     assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 2
 
 
+def test_a_non_finite_loss_stops_the_run_naming_the_checkpoint_it_started_from(toy_data, tmp_path, capsys):
+    base = tmp_path / "base"
+    train_compression.main(toy_args(toy_data, base, "--max_steps", "1"))
+    checkpoint = torch.load(base / "last.pth.tar", map_location="cpu", weights_only=True)
+    model = codec.build_codec("bmshj2018", 3, pretrained=False, N=32, M=48)
+    state = checkpoint["state_dict"]
+    state[next(k for k in state if k.startswith("g_a.0.weight"))].fill_(float("nan"))
+    model.load_state_dict(state, strict=False)
+    bad = tmp_path / "nan.pth.tar"
+    save_codec_checkpoint(bad, model, checkpoint["arch"])
+    error = one_line_error(capsys, toy_args(toy_data, tmp_path / "run", "--max_steps", "2", "--checkpoint", str(bad)))
+    assert error.startswith("error: step 1: the loss is nan (not finite)") and str(bad) in error
+
+
 def test_checkpoint_starts_a_fine_tune_with_fresh_counters(toy_data, tmp_path):
     base = tmp_path / "base"
     train_compression.main(toy_args(toy_data, base, "--max_steps", "6"))

@@ -469,6 +469,10 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
                 check_unreadable(train_loader.dataset, args.max_unreadable_fraction)
                 x, x_aug = x.to(device, non_blocking=True), x_aug.to(device, non_blocking=True)
                 losses = train_step(ddp_model, criterion, x, x_aug, optimizer, aux_optimizer, args.clip_max_norm)
+                if not math.isfinite(losses["loss"].item()):  # as the torchvision references stop
+                    start = args.resume or args.checkpoint or "its initial weights"
+                    raise ValueError(f"step {step + 1}: the loss is {losses['loss'].item()} (not finite); the run "
+                                     f"started from {start}: check that file, or lower --lr")
                 if args.scheduler == "cosine":
                     scheduler.step()
                 step += 1

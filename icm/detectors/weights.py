@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from icm.io import atomic_torch_save
+from icm.io import atomic_torch_save, check_tensors_sha256, tensors_sha256
 
 CHECKPOINT_FORMAT = "icm-detector"
 CHECKPOINT_VERSION = 1
@@ -67,6 +67,7 @@ def read_detector_checkpoint(path: str | os.PathLike) -> dict | None:
     missing = [k for k in _REQUIRED_KEYS if k not in obj]
     if missing:
         raise ValueError(f"{path}: detector checkpoint lacks {', '.join(missing)}")
+    check_tensors_sha256(obj, path)
     return obj
 
 
@@ -89,6 +90,7 @@ def save_detector_checkpoint(
         "native_classes": list(detector.native_classes),
         "build_kwargs": dict(detector.build_kwargs),
         "state_dict": state,
+        "state_sha256": tensors_sha256(state),
         "card": dict(card or {}),
     }
     atomic_torch_save(path, checkpoint)
