@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import warnings
@@ -262,14 +263,24 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            # A torn write is a valid record cut short: the parser runs out of input.
-            if e.pos >= len(line.rstrip()):
+            if _cut_short(line, e):
                 torn += 1
                 continue
             raise ValueError(f"{path}:{i}: malformed JSON line ({e.msg})") from e
     if torn:
         warnings.warn(f"{path}: skipped {torn} torn line(s) left by an interrupted write", stacklevel=2)
     return records
+
+
+def _cut_short(line: str, error: json.JSONDecodeError) -> bool:
+    """Whether ``line`` is a valid record cut short (a torn write) rather than a corrupt one:
+    the parser ran out of input, inside a string, a literal or a number."""
+    rest = line.rstrip()
+    if error.pos >= len(rest) or error.msg.startswith("Unterminated string"):
+        return True
+    tail = rest[error.pos:]
+    return (any(word.startswith(tail) for word in ("true", "false", "null", "NaN", "Infinity", "-Infinity"))
+            or re.fullmatch(r"[-+.eE0-9]+", tail) is not None)
 
 
 def read_json(path: str | os.PathLike) -> Any:

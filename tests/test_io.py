@@ -162,6 +162,17 @@ def test_jsonl_ignores_torn_last_line_but_not_corrupt_middle(tmp_path):
     assert read_jsonl(tmp_path / "absent.jsonl") == []
 
 
+def test_a_record_torn_at_any_position_is_skipped(tmp_path):
+    record = {"id": "train_00001", "source": "/data/toy/JPEGImages/train_00001.png", "output": "images/x.png",
+              "width": 128, "linf": 8.0, "loss_before": {"m": 1.2345678, "n": -0.5e-3}, "flags": [True, False, None]}
+    line = json.dumps(record)
+    path = tmp_path / "m.jsonl"
+    for cut in range(1, len(line)):
+        path.write_text(json.dumps({"id": "a"}) + "\n" + line[:cut])
+        with pytest.warns(UserWarning, match="1 torn line"):
+            assert read_jsonl(path) == [{"id": "a"}], cut
+
+
 def test_read_json_errors_name_file_and_position(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1,\n "b": }')
     with pytest.raises(ValueError, match=r"x.json:2:\d+: malformed JSON"):
