@@ -17,7 +17,9 @@ Everything the stages do with a learned codec goes through here:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 import threading
 import urllib.error
@@ -143,6 +145,22 @@ def _host_resolves(host: str, timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
+def check_zoo_file_hash(path: Path) -> None:
+    """CompressAI's zoo files name the first hex digits of their SHA-256
+    (``bmshj2018-hyperprior-3-6d87be32.pth.tar``); a cached file that does not match them
+    (a broken download, a replaced file) is a one-line error naming it."""
+    match = re.search(r"-([0-9a-f]{8,64})\.pth(?:\.tar)?$", path.name)
+    if match is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise ValueError(f"{path}: SHA-256 does not start with {match.group(1)} as its name says; "
+                         "delete it to download it again")
+
+
 def _download_zoo_state_dict(url: str) -> dict[str, torch.Tensor]:
     """The zoo state dict for ``url``: from torch.hub's cache, else downloaded; one-line
     :class:`PretrainedWeightsUnavailable` when neither works."""
@@ -153,11 +171,13 @@ def _download_zoo_state_dict(url: str) -> dict[str, torch.Tensor]:
     )
     if not cached.is_file() and not _host_resolves(ZOO_HOST):
         raise unavailable
+    if cached.is_file():
+        check_zoo_file_hash(cached)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)
     try:
         state_dict = torch.hub.load_state_dict_from_url(
-            url, progress=True, map_location="cpu", weights_only=True
+            url, progress=True, map_location="cpu", weights_only=True, check_hash=True
         )
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         if cached.is_file():

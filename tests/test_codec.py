@@ -223,6 +223,16 @@ def test_pretrained_loads_from_torch_hub_cache_without_network(tmp_path, monkeyp
     cache_file = codec.zoo_weights_cache_path(url)
     cache_file.parent.mkdir(parents=True)
     torch.save(zoo_like.state_dict(), cache_file)
+    # Not the real zoo file: its hash does not match the name's, so it is refused ...
+    with pytest.raises(ValueError, match="SHA-256 does not start with .* as its name says"):
+        build_codec("bmshj2018-factorized", quality=1, pretrained=True)
+    # ... and a file whose hash matches its name passes the same check.
+    import hashlib
+
+    named = tmp_path / f"x-{hashlib.sha256(cache_file.read_bytes()).hexdigest()[:8]}.pth.tar"
+    named.write_bytes(cache_file.read_bytes())
+    codec.check_zoo_file_hash(named)
+    monkeypatch.setattr(codec, "check_zoo_file_hash", lambda path: None)  # stand-in for the real file
 
     model = build_codec("bmshj2018-factorized", quality=1, pretrained=True)
     assert isinstance(model, FactorizedPrior)
