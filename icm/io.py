@@ -165,6 +165,50 @@ def check_tensors_sha256(checkpoint: dict[str, Any], path: str | os.PathLike) ->
         raise ValueError(f"{path}: corrupted checkpoint (its tensors do not match their stored SHA-256)")
 
 
+class FolderLockedError(ValueError):
+    """Another live process holds the lock (a one-line user error)."""
+
+
+@contextlib.contextmanager
+def held_lock(path: str | os.PathLike, force: bool = False, hint: str = "") -> Iterator[None]:
+    """An advisory lock file naming its holder (host and pid), removed on exit.
+
+    A lock whose holder is gone (this host, pid not alive) is taken over with a warning; one
+    held by a live process, or by another host (whose processes cannot be checked from here)
+    unless ``force``, is a :class:`FolderLockedError` naming the holder and ``hint``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host, pid = _WRITER.rsplit("-", 1)
+    mine = json.dumps({"host": host, "pid": int(pid)})
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            alive = holder.get("host") == host and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"])
+            same_host = holder.get("host") == host
+            if alive or (not same_host and holder and not force):
+                where = f"pid {holder.get('pid')} on {holder.get('host')}"
+                raise FolderLockedError(f"{path}: held by {where}{'; ' + hint if hint else ''}"
+                                        + ("" if alive else "; --force_unlock if that process is gone")) from None
+            warnings.warn(f"{path}: taking over the lock of {holder or 'an unknown holder'} (no longer running)",
+                          stacklevel=3)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        break
+    else:
+        raise FolderLockedError(f"{path}: could not be taken")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def remove_stale_temp_files(folder: str | os.PathLike) -> int:
     """Remove the temporary files of :func:`atomic_path` in ``folder`` (and below) whose
     writer ran on this machine and is no longer alive (a save killed midway); another

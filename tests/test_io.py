@@ -198,3 +198,32 @@ def test_foreign_file_is_an_image_error_even_after_ultralytics_import(tmp_path, 
     (tmp_path / "f.png").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ImageReadError, match="f.png: cannot read image"):
         read_image(tmp_path / "f.png")
+
+
+def test_a_lock_names_its_live_holder_and_a_dead_ones_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from icm import io as icm_io
+
+    lock = tmp_path / ".lock.shard-0-of-1"
+    with icm_io.held_lock(lock):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(icm_io.FolderLockedError, match=f"held by pid {os.getpid()} on .*; use --shard"):
+            with icm_io.held_lock(lock, hint="use --shard"):
+                pass
+    assert not lock.exists()  # released
+    host = icm_io._WRITER.rsplit("-", 1)[0]
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    lock.write_text(json.dumps({"host": host, "pid": dead}))
+    with pytest.warns(UserWarning, match="taking over the lock"):
+        with icm_io.held_lock(lock):
+            pass
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": dead}))  # cannot be checked from here
+    with pytest.raises(icm_io.FolderLockedError, match="--force_unlock"):
+        with icm_io.held_lock(lock):
+            pass
+    with pytest.warns(UserWarning, match="taking over"):
+        with icm_io.held_lock(lock, force=True):
+            pass

@@ -385,3 +385,17 @@ def test_cli_transfer_options_and_the_codec_aware_extension(tmp_path, monkeypatc
             cli.main([*with_option(flag, value), "--save_path", str(where)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_second_process_on_the_same_shard_is_refused_while_the_first_runs(tmp_path):
+    from icm.io import FolderLockedError, held_lock
+
+    samples = labelled_samples(tmp_path / "src", ["a", "b"])
+    save = tmp_path / "out"
+    with held_lock(save / ".lock.shard-0-of-1"):  # the first process, still at work
+        with pytest.raises(FolderLockedError, match="give each process its own --shard I/N"):
+            run(samples, save)
+        assert not (save / "manifest.jsonl").exists()
+        run(samples, save, shard=(1, 2))  # another shard has its own lock
+    summary = run(samples, save)  # the first one has finished: free again
+    assert summary.done + summary.skipped == 2 and not list(save.glob(".lock*"))

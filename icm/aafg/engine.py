@@ -39,6 +39,7 @@ from icm.io import (
     ImageReadError,
     append_jsonl,
     atomic_write_json,
+    held_lock,
     read_image_tensor,
     read_jsonl,
     remove_stale_temp_files,
@@ -179,6 +180,25 @@ def _read_batch(batch, summary):
 
 
 def run_stage_one(
+    samples: Sequence[DetectionSample],
+    detectors: Mapping[str, Detector],
+    config: MetaAAFGConfig,
+    save_path: str | Path,
+    *args,
+    shard: tuple[int, int] = (0, 1),
+    force_unlock: bool = False,
+    **kwargs,
+) -> RunSummary:
+    """:func:`augment_shard` under this shard's lock file in ``save_path`` (two processes on
+    one shard would both do all of its work): a live holder is a one-line error, a dead
+    one's lock (this machine) is taken over, another machine's needs ``force_unlock``."""
+    lock = Path(save_path) / f".lock.shard-{shard[0]}-of-{shard[1]}"
+    hint = "another process is writing this shard; give each process its own --shard I/N"
+    with held_lock(lock, force=force_unlock, hint=hint):
+        return augment_shard(samples, detectors, config, save_path, *args, shard=shard, **kwargs)
+
+
+def augment_shard(
     samples: Sequence[DetectionSample],
     detectors: Mapping[str, Detector],
     config: MetaAAFGConfig,

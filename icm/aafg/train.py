@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (--save_path: the paper's name for it)")
     p.add_argument("--max_failures", type=int, default=0,
                    help="unreadable images tolerated before the exit status is 1")
+    p.add_argument("--force_unlock", action="store_true",
+                   help="take over a shard's lock held by another machine (only when that process is gone)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_stage_one(
         samples, detectors, config, save_path, targets=args.targets, batch_size=args.batch_size,
         device=device, seed=args.seed, shard=(shard_index, shard_count), progress=not args.no_progress,
-        codec=codec,
+        codec=codec, force_unlock=args.force_unlock,
     )
     write_summary(save_path, summary, (shard_index, shard_count))
     print(summary.format())
