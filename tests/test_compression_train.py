@@ -141,6 +141,19 @@ def test_a_non_finite_loss_stops_the_run_naming_the_checkpoint_it_started_from(t
     assert error.startswith("error: step 1: the loss is nan (not finite)") and str(bad) in error
 
 
+def test_default_folders_differ_by_settings_and_latest_points_at_the_newest(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_compression, "REPO_ROOT", tmp_path)
+    base = toy_args(toy_data, tmp_path / "unused", "--max_steps", "1")
+    del base[base.index("--out") : base.index("--out") + 2]  # no --out: the default folder
+    train_compression.main(base)
+    train_compression.main([*base, "--lr", "2e-3"])  # only the lr differs: another folder
+    runs = sorted((tmp_path / "Compression" / "checkpoints").glob("bmshj2018-hyperprior-q3-mse-beta1-*"))
+    assert len(runs) == 2 and all((r / "last.pth.tar").is_file() for r in runs)
+    latest = tmp_path / "Compression" / "checkpoints" / "latest"
+    assert latest.is_symlink() and latest.resolve() == next(
+        r for r in runs if load_yaml(r / "config.yaml")["lr"] == 2e-3).resolve()
+
+
 def test_checkpoint_starts_a_fine_tune_with_fresh_counters(toy_data, tmp_path):
     base = tmp_path / "base"
     train_compression.main(toy_args(toy_data, base, "--max_steps", "6"))

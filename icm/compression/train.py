@@ -23,6 +23,8 @@ them; more than ``--max_unreadable_fraction`` of a dataset unreadable stops the 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import sys
@@ -172,8 +174,23 @@ def resolve_dataset_path(path: str) -> Path:
 
 
 def default_save_dir(args: argparse.Namespace) -> Path:
+    """``Compression/checkpoints/<backbone>-q<Q>-<metric>-beta<B>-<settings hash>``: runs that
+    differ in any setting (lr, data, start point, steps ...) never share a default folder,
+    and every process of a torchrun job computes the same one."""
     name = f"{resolve_backbone(args.backbone)}-q{args.quality}-{args.metric}-beta{args.beta:g}"
-    return REPO_ROOT / "Compression" / "checkpoints" / name
+    settings = {k: to_plain(getattr(args, k, None)) for k in (*RESUMED_FLAGS, "dataset", "val_dataset", "checkpoint",
+                                                              "pretrained", "epochs", "max_steps")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return REPO_ROOT / "Compression" / "checkpoints" / f"{name}-{digest}"
+
+
+def link_latest(save_dir: Path) -> None:
+    """Point ``<parent>/latest`` at ``save_dir`` (the newest run in a default folder)."""
+    link = save_dir.parent / "latest"
+    tmp = save_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(save_dir.name, target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def command_line_flags(argv: list[str]) -> set[str]:
@@ -351,6 +368,8 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
         # Before joining the process group: recording the environment imports ultralytics,
         # whose import calls dist.barrier() once a group exists (a rank-0-only deadlock).
         save_dir.mkdir(parents=True, exist_ok=True)
+        if not args.save_dir and not args.resume:
+            link_latest(save_dir)
         remove_stale_temp_files(save_dir)  # a save killed midway
         if args.overwrite and not args.resume:
             (save_dir / "log.jsonl").unlink(missing_ok=True)
