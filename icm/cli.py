@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 
 import torch
 
@@ -74,6 +75,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def resume_file(resume: str, out: str | None, name: str) -> Path:
+    """The checkpoint ``--resume`` means: the file given, ``name`` inside the folder given, or
+    ``name`` inside ``--out`` when ``--resume`` comes alone (the same rule in every trainer)."""
+    if resume == "":
+        if not out:
+            raise ValueError("--resume alone continues the run in --out: give --out, or --resume PATH")
+        resume = out
+    path = Path(resume)
+    return path / name if path.is_dir() else path
 
 
 def user_error_text(error: Exception) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from icm.cli import exit_on_user_error, resolve_device
+from icm.cli import exit_on_user_error, resolve_device, resume_file
 from icm.config import parse_args_with_config, save_run_config
 from icm.data import load_dataset
 from icm.detectors import Detector, available, build_detector, read_detector_checkpoint
@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the body from a pretrained backbone file (icm.detectors.pretraining; "
                    "scripts/build_toy_assets.py makes them for the toy detectors); the rest stays random")
     p.add_argument("--out", default="runs/detector", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from resume.pt")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue a run exactly, in its folder: PATH is its resume.pt or its folder; alone, "
+                   "the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --out even if it holds one (its checkpoints and log are replaced)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--seed", type=int, default=0)
@@ -95,8 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         raise ValueError(f"--model is required; available: {', '.join(available())}")
     out = Path(args.out)
-    if (out / RESUME_FILE).exists() and not args.resume:
-        raise ValueError(f"{out} already holds a training run ({RESUME_FILE}); pass --resume or choose another --out")
+    if args.resume is not None:
+        out = resume_file(args.resume, args.out, RESUME_FILE).parent
+    elif (out / RESUME_FILE).exists():
+        if not args.overwrite:
+            raise ValueError(f"{out} holds a run ({RESUME_FILE}): --resume {out} continues it, --overwrite "
+                             "replaces it, or give another --out")
+        for name in (RESUME_FILE, "log.jsonl"):
+            (out / name).unlink(missing_ok=True)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     train_set = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     summary = train_detector(
-        detector, train_set, val_set, out, settings, device, resume=args.resume,
+        detector, train_set, val_set, out, settings, device, resume=args.resume is not None,
         card_extra={"weights_init": args.weights, "split": args.split, "val_split": args.val_split,
                     "init_backbone": None if backbone_card is None else {"path": args.init_backbone, **backbone_card}},
         progress=not args.no_progress, pretrained=args.weights.lower() != "none",

@@ -91,7 +91,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(toy_data, tmp_path):
     train_compression.main(toy_args(toy_data, split, "--max_steps", "2"))  # stops mid-epoch
     stopped = torch.load(split / "last.pth.tar", map_location="cpu", weights_only=True)
     assert (stopped["step"], stopped["epoch"], stopped["epoch_step"]) == (2, 0, 2)
-    train_compression.main(toy_args(toy_data, split, "--max_steps", "5", "--resume", str(split / "last.pth.tar")))
+    train_compression.main(toy_args(toy_data, split, "--max_steps", "4", "--resume", str(split)))  # the folder
+    train_compression.main(toy_args(toy_data, split, "--max_steps", "5", "--resume"))  # alone: the run in --out
 
     expected, resumed = records(whole, "train"), records(split, "train")
     for step in (3, 4, 5):  # step 3 ends epoch 0 (validation, scheduler), 4-5 run epoch 1

@@ -71,6 +71,12 @@ def test_main_trains_checkpoints_logs_and_resumes(toy8, tmp_path):
     assert steps == [1, 2, 3, 4]
     assert torch.load(out / "resume.pt", weights_only=True)["step"] == 4
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    # --resume PATH (the folder, as in stage two) continues it from anywhere; --overwrite starts anew.
+    other = [a for a in common if a not in ("--out", str(out))]
+    assert main([*other, "--max_steps", "5", "--resume", str(out)]) == 0
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 5
+    assert main([*common, "--max_steps", "2", "--overwrite"]) == 0
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl") if "loss" in r] == [1, 2]
 
 
 def test_resume_matches_an_uninterrupted_run(toy8, tmp_path):

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from icm.cli import exit_on_user_error, key_value, resolve_device
+from icm.cli import exit_on_user_error, key_value, resolve_device, resume_file
 from icm.codec import (
     QUALITY_LAMBDAS,
     build_codec,
@@ -78,6 +78,7 @@ RESUMED_FLAGS = (
     "backbone", "quality", "metric", "lmbda", "beta", "N", "M", "arch_kwargs",
     "seed", "batch_size", "patch_size", "val_fraction", "lr", "aux_lr", "clip_max_norm", "scheduler",
 )
+LAST_CHECKPOINT = "last.pth.tar"
 # Keys of a checkpoint that --resume needs (a codec asset has only format/arch/state_dict).
 RESUME_KEYS = ("optimizer", "aux_optimizer", "rng", "epoch", "epoch_step", "step", "lambda", "beta", "config")
 
@@ -114,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--no_pretrained", "--no-pretrained", dest="pretrained", action="store_const", const=False,
                        help="random init (from scratch)")
     model.add_argument("--checkpoint", help="start from this codec checkpoint (fine-tune, not a resume)")
-    model.add_argument("--resume",
-                       help="continue the run saved in this training checkpoint exactly, with its settings "
-                            "(lambda, beta, metric, quality, architecture, seed, batch and patch size, lr) "
-                            "and by default in its folder")
+    model.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                       help="continue a run exactly, with its settings (lambda, beta, metric, quality, "
+                            "architecture, seed, batch and patch size, lr) and in its folder: PATH is its "
+                            "last.pth.tar or its folder; alone, the run in --out")
     model.add_argument("--N", type=int, default=None, help="channels N of a from-scratch codec")
     model.add_argument("--M", type=int, default=None, help="latent channels M of a from-scratch codec")
     model.add_argument("--arch_kwargs", type=key_value, nargs="*", default=[], metavar="NAME=INT",
@@ -346,6 +347,8 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
     ``explicit``: the flags the user set (see :func:`explicit_flags`), checked against the
     run's own settings on ``--resume``; None: those whose value is not the parser default.
     """
+    if args.resume is not None:
+        args.resume = str(resume_file(args.resume, args.save_dir, LAST_CHECKPOINT))
     if args.checkpoint and args.resume:
         raise ValueError("--checkpoint starts a new fine-tune, --resume continues a run: give one")
     resumed = None
@@ -543,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``train_compression.py`` and the ``icm-train-compression`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args_with_config(build_parser(), argv, "compression")
-    if args.resume and args.checkpoint and "checkpoint" not in command_line_flags(argv):
+    if args.resume is not None and args.checkpoint and "checkpoint" not in command_line_flags(argv):
         args.checkpoint = None  # a config's fine-tune start point: the resumed run is further along
     try:
         train(args, explicit_flags(argv, args))
