@@ -67,7 +67,9 @@ CODEC_ARCH = {"backbone": "bmshj2018-hyperprior", "N": 64, "M": 96}
 CODEC_BATCH_SIZE = 16
 CODEC_LR_SCRATCH, CODEC_LR_FINETUNE = 1e-3, 3e-4
 # Steps (batch 16, cosine from the lr to 1% of it): a step count, not minutes, so that every
-# machine builds the same codec; about 45 + 5 x 7 minutes on 2 cores.
+# machine builds the same codec; about 45 + 5 x 7 + 6 minutes on 2 cores (the last: the highest
+# quality once more, fine-tuned from the second, --refine_top_steps, because the later links of
+# the chain train longer and pass it).
 CODEC_STEPS_SCRATCH, CODEC_STEPS_FINETUNE = 5000, 800
 PID_FILE = "train.pid"
 CDF_BUFFERS = ("._quantized_cdf", "._cdf_length", "._offset")
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_extensions", type=int, default=2,
                    help="continuations of a detector run whose best mAP@0.5 is below --min_map")
     p.add_argument("--extend_minutes", type=float, default=10.0, help="training minutes of each continuation")
-    p.add_argument("--refine_top_steps", type=int, default=0,
+    p.add_argument("--refine_top_steps", type=int, default=600,
                    help="steps of the last codec run: the highest quality fine-tuned from the second (0: none)")
     p.add_argument("--codec_init", default=None,
                    help="warm start of the first (highest) codec quality from this checkpoint, e.g. the shipped "
