@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images of the split (None: all)" + d)
     p.add_argument("--control_steps", type=int, default=500,
                    help="steps of beta=0 fine-tuning from each anchor checkpoint (0: skip the check)" + d)
+    p.add_argument("--control_qualities", default=None,
+                   help="qualities of the convergence check, comma-separated (None: --qualities; the BD is "
+                   "taken over the part of the curves both cover)" + d)
     p.add_argument("--jobs", type=int, default=2, help="control trainings at the same time (1 thread each)" + d)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals" + d)
     p.add_argument("--report_only", action="store_true", help="only the report, from the results in --out")
@@ -273,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.report_only:
         evaluate(args, ["none", "jpeg", "webp", "anchor=" + ",".join(anchor)])
         if control:
-            checkpoints = control_runs(args, qualities)
+            control_qualities = sorted(int(q) for q in (args.control_qualities or args.qualities).split(","))
+            checkpoints = control_runs(args, control_qualities)
             evaluate(args, [f"{control}=" + ",".join(map(str, checkpoints))])
     names = ["none", "jpeg", "webp", "anchor"] + ([control] if control else [])
     paths = [out / "eval" / f"{n}.json" for n in names if (out / "eval" / f"{n}.json").is_file()]

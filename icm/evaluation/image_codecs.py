@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -135,7 +136,10 @@ def learned_from_checkpoint(path: str | os.PathLike, label: str | None = None,
     arch = checkpoint.get("arch", {})
     quality = arch.get("quality")
     name = label or checkpoint_label(path)
-    desc = f"checkpoint {Path(path).name} ({arch.get('backbone')}, quality {quality})"
+    # The file's hash is part of the point's settings: a retrained checkpoint of the same name
+    # is evaluated again, not taken for a finished point.
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    desc = f"checkpoint {Path(path).name} sha256 {digest} ({arch.get('backbone')}, quality {quality})"
     return LearnedCodec(model, name, None if quality is None else int(quality), desc, estimate,
                         source=checkpoint_label(path))
 
