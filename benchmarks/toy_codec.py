@@ -1,8 +1,9 @@
 """Is the toy codec fit to test the method? The toy world's codec targets and the anchor's
 convergence, measured with the project's own CLIs on the toy val split.
 
-    python benchmarks/toy_codec.py                         # all 300 val images, about 40 min on 2 cores
-    python benchmarks/toy_codec.py --limit 100 --control_steps 0   # the curves only, minutes
+    python benchmarks/toy_codec.py                         # all 300 val images, every quality
+    python benchmarks/toy_codec.py --limit 100 --control_qualities 1,3,5,6   # as the README ran it
+    python benchmarks/toy_codec.py --limit 100 --control_steps 0   # the curves only
     python benchmarks/toy_codec.py --report_only           # the report from the results on disk
 
 Steps (each resumes: evaluate.py skips finished points, a finished training is kept):
