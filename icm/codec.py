@@ -271,7 +271,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling fails in many ways; all mean "bad file"
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: cannot load as a weights-only checkpoint ({first_line})") from e
+        first_sentence = first_line.split(". ")[0].rstrip(".")
+        raise ValueError(f"{path}: cannot load as a weights-only checkpoint ({first_sentence})") from e
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     check_tensors_sha256(checkpoint, path)

@@ -98,6 +98,15 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         main(["--dataset", str(toy_config(tmp_path)), "--codecs", "gzip", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "'gzip': not none, jpeg" in err
+    # A text file named like a checkpoint fails before any codec is evaluated, in one line.
+    fake = tmp_path / "fake.pth.tar"
+    fake.write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", str(toy_config(tmp_path)), "--codecs", "none", f"x={fake}", "--detectors",
+              "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.splitlines()[-1].startswith(f"error: {fake}: cannot load as a weights-only checkpoint (")
+    assert not (tmp_path / "o").exists()
 
 
 def test_checkpoint_codec_with_estimate_and_compressai_plot_reads_results(tmp_path):

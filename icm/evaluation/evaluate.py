@@ -119,12 +119,15 @@ def split_names(items) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from icm.codec import read_checkpoint
     from icm.evaluation.engine import load_evaluation_dataset, parse_codec_spec, run_evaluation
 
     args = parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     specs = [parse_codec_spec(c, args.qualities, args.pillow_qualities) for c in split_codecs(args.codecs)]
+    for path in (p for spec in specs for p in spec.paths):
+        read_checkpoint(path)  # every checkpoint readable before any codec is evaluated, not after the others
     dataset = load_evaluation_dataset(str(args.dataset), args.split, args.data_root, args.limit)
 
     detectors = {}
