@@ -162,17 +162,6 @@ def test_jsonl_ignores_torn_last_line_but_not_corrupt_middle(tmp_path):
     assert read_jsonl(tmp_path / "absent.jsonl") == []
 
 
-def test_a_record_torn_at_any_position_is_skipped(tmp_path):
-    record = {"id": "train_00001", "source": "/data/toy/JPEGImages/train_00001.png", "output": "images/x.png",
-              "width": 128, "linf": 8.0, "loss_before": {"m": 1.2345678, "n": -0.5e-3}, "flags": [True, False, None]}
-    line = json.dumps(record)
-    path = tmp_path / "m.jsonl"
-    for cut in range(1, len(line)):
-        path.write_text(json.dumps({"id": "a"}) + "\n" + line[:cut])
-        with pytest.warns(UserWarning, match="1 torn line"):
-            assert read_jsonl(path) == [{"id": "a"}], cut
-
-
 def test_read_json_errors_name_file_and_position(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1,\n "b": }')
     with pytest.raises(ValueError, match=r"x.json:2:\d+: malformed JSON"):
@@ -198,32 +187,3 @@ def test_foreign_file_is_an_image_error_even_after_ultralytics_import(tmp_path, 
     (tmp_path / "f.png").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ImageReadError, match="f.png: cannot read image"):
         read_image(tmp_path / "f.png")
-
-
-def test_a_lock_names_its_live_holder_and_a_dead_ones_is_taken_over(tmp_path):
-    import subprocess
-    import sys
-
-    from icm import io as icm_io
-
-    lock = tmp_path / ".lock.shard-0-of-1"
-    with icm_io.held_lock(lock):
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-        with pytest.raises(icm_io.FolderLockedError, match=f"held by pid {os.getpid()} on .*; use --shard"):
-            with icm_io.held_lock(lock, hint="use --shard"):
-                pass
-    assert not lock.exists()  # released
-    host = icm_io._WRITER.rsplit("-", 1)[0]
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
-    lock.write_text(json.dumps({"host": host, "pid": dead}))
-    with pytest.warns(UserWarning, match="taking over the lock"):
-        with icm_io.held_lock(lock):
-            pass
-    lock.write_text(json.dumps({"host": "elsewhere", "pid": dead}))  # cannot be checked from here
-    with pytest.raises(icm_io.FolderLockedError, match="--force_unlock"):
-        with icm_io.held_lock(lock):
-            pass
-    with pytest.warns(UserWarning, match="taking over"):
-        with icm_io.held_lock(lock, force=True):
-            pass

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 from helpers import toy_image
 
@@ -36,13 +35,3 @@ def test_linf_is_counted_in_whole_8bit_levels():
     y[0, 1, 2, 3] += 7 / 255
     y[1] -= 0.4 / 255  # rounds back to the same level
     assert linf_8bit(y, x).tolist() == [7.0, 0.0]
-
-
-def test_outputs_that_leave_the_folder_are_refused_by_line(tmp_path):
-    out = tmp_path / "augmented_data"
-    out.mkdir()
-    for bad in ("/etc/passwd", "../../x.png", "images/../../x.png"):
-        (out / MANIFEST_NAME).write_text(json.dumps({"id": "a", "source": "/etc/hostname", "output": "images/a.png"})
-                                         + "\n" + json.dumps({"id": "b", "source": "/etc/hostname", "output": bad}) + "\n")
-        with pytest.raises(ValueError, match=f"{MANIFEST_NAME}:2: output .* leaves .*refused"):
-            read_manifest_pairs(out)
