@@ -17,7 +17,6 @@ Everything the stages do with a learned codec goes through here:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -46,7 +45,7 @@ from compressai.zoo.image import cfgs as ZOO_CONFIGS
 from compressai.zoo.image import model_urls as ZOO_URLS
 from torch import nn
 
-from icm.io import atomic_torch_save, check_tensors_sha256, tensors_sha256
+from icm.io import atomic_torch_save, check_tensors_sha256, file_sha256, tensors_sha256
 
 CHECKPOINT_FORMAT = "icm-codec"
 
@@ -152,11 +151,7 @@ def check_zoo_file_hash(path: Path) -> None:
     match = re.search(r"-([0-9a-f]{8,64})\.pth(?:\.tar)?$", path.name)
     if match is None:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(match.group(1)):
+    if not file_sha256(path).startswith(match.group(1)):
         raise ValueError(f"{path}: SHA-256 does not start with {match.group(1)} as its name says; "
                          "delete it to download it again")
 

@@ -144,6 +144,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def tensors_sha256(state: dict[str, Any]) -> str:
     """SHA-256 over a state dict's names, dtypes, shapes and bytes (stored in our checkpoints,
     checked when they load: flipped bits in a tensor are found, not trained on)."""
@@ -188,7 +197,7 @@ def held_lock(path: str | os.PathLike, force: bool = False, hint: str = "") -> I
                 holder = json.loads(path.read_text() or "{}")
             except (OSError, json.JSONDecodeError):
                 holder = {}
-            alive = holder.get("host") == host and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"])
+            alive = holder.get("host") == host and isinstance(holder.get("pid"), int) and pid_alive(holder["pid"])
             same_host = holder.get("host") == host
             if alive or (not same_host and holder and not force):
                 where = f"pid {holder.get('pid')} on {holder.get('host')}"
@@ -218,14 +227,15 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> int:
     for tmp in Path(folder).rglob(".*.tmp"):
         writer = next((p for p in tmp.name.split(".") if p.startswith(host + "-")), None)
         pid = writer[len(host) + 1:] if writer else ""
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -29,7 +29,6 @@ so an interrupted build resumes its trainings (``--resume``) with the same sched
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import shutil
@@ -46,7 +45,14 @@ import torch
 
 from icm.cli import exit_on_user_error, key_value
 from icm.config import REPO_ROOT, git_commit, parse_args_with_config, save_run_config
-from icm.io import atomic_torch_save, atomic_write_json, read_json, read_jsonl
+from icm.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    file_sha256,
+    pid_alive,
+    read_json,
+    read_jsonl,
+)
 
 # Toy detectors: seen (stage one attacks them) first, then unseen; default batch size and
 # training minutes each (the two-stage models learn slowest on CPU), and a peak learning
@@ -132,20 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def wait_for_other_build(run_dir: Path, name: str) -> None:

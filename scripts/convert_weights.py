@@ -10,12 +10,12 @@ convert files from a source you trust; the CLIs refuse such files otherwise.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 from icm.cli import exit_on_user_error
 from icm.detectors import build_detector, save_detector_checkpoint
+from icm.io import file_sha256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if not source.is_file():
         raise FileNotFoundError(f"{source}: file not found")
     detector = build_detector(args.name, weights=str(source), trust_pickle=True)
-    card = {"converted_from": source.name, "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    card = {"converted_from": source.name, "source_sha256": file_sha256(source)}
     save_detector_checkpoint(args.out, detector, card=card, half=False)
     print(f"{args.out}: {args.name} with {len(detector.classes)} classes, from {source.name}")
     return 0

@@ -39,7 +39,13 @@ from icm.codec import (
     real_bpp,
 )
 from icm.config import parse_args_with_config
-from icm.io import DEFAULT_MAX_PIXELS, atomic_write_bytes, read_image_tensor, write_image
+from icm.io import (
+    DEFAULT_MAX_PIXELS,
+    atomic_write_bytes,
+    file_sha256,
+    read_image_tensor,
+    write_image,
+)
 
 MAGIC = b"ICMC"
 FORMAT_VERSION = 2  # 2: a SHA-256 of everything before it ends the file; 1 (no checksum) still decodes
@@ -55,13 +61,9 @@ class CodecFileError(ValueError):
     """A bitstream file that is truncated, foreign, or of an unknown format version."""
 
 
-def file_sha256(path: str | Path, chars: int = 16) -> str:
-    """Hex SHA-256 prefix of a file (identifies the checkpoint a bitstream needs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:chars]
+def checkpoint_id(path: str | Path) -> str:
+    """The SHA-256 prefix that identifies the checkpoint a bitstream needs (16 hex digits)."""
+    return file_sha256(path)[:16]
 
 
 def pack(compressed: CompressedImage, header: dict) -> bytes:
@@ -168,7 +170,7 @@ def load_model(checkpoint: str | None, backbone: str | None, quality: int | None
     if checkpoint is None:
         header["source"] = {"kind": "zoo"}
     else:
-        header["source"] = {"kind": "checkpoint", "file": Path(checkpoint).name, "sha256": file_sha256(checkpoint)}
+        header["source"] = {"kind": "checkpoint", "file": Path(checkpoint).name, "sha256": checkpoint_id(checkpoint)}
     return model, header
 
 
@@ -200,7 +202,7 @@ def decompress_file(bitstream: str | Path, output: str | Path, checkpoint: str |
     if source.get("kind") == "checkpoint":
         if checkpoint is None:
             raise ValueError(f"{bitstream}: encoded with checkpoint {source.get('file')}; pass --checkpoint PATH to it")
-        if file_sha256(checkpoint) != source.get("sha256"):
+        if checkpoint_id(checkpoint) != source.get("sha256"):
             raise ValueError(f"{bitstream}: encoded with checkpoint {source.get('file')} "
                              f"(sha256 {source.get('sha256')}), but {checkpoint} differs")
         model, _ = load_codec(checkpoint, device=dev)

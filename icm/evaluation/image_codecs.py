@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -31,7 +30,7 @@ from icm.codec import (
     pad_to_multiple,
     resolve_backbone,
 )
-from icm.io import image_to_tensor, tensor_to_image
+from icm.io import file_sha256, image_to_tensor, tensor_to_image
 
 
 class IdentityCodec:
@@ -138,7 +137,7 @@ def learned_from_checkpoint(path: str | os.PathLike, label: str | None = None,
     name = label or checkpoint_label(path)
     # The file's hash is part of the point's settings: a retrained checkpoint of the same name
     # is evaluated again, not taken for a finished point.
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    digest = file_sha256(path)[:12]
     desc = f"checkpoint {Path(path).name} sha256 {digest} ({arch.get('backbone')}, quality {quality})"
     return LearnedCodec(model, name, None if quality is None else int(quality), desc, estimate,
                         source=checkpoint_label(path))
