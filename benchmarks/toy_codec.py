@@ -43,7 +43,7 @@ import numpy as np
 
 from icm.cli import exit_on_user_error
 from icm.config import REPO_ROOT, TOY_CONFIG
-from icm.data import load_dataset
+from icm.data import link_split_images
 from icm.evaluation.make_tables import (
     GROUP_SUFFIX,
     Curve,
@@ -108,24 +108,11 @@ def evaluate(args: argparse.Namespace, codecs: list[str]) -> None:
     wait_all([("evaluate.py", run(cmd))])
 
 
-def train_image_folder(out: Path) -> Path:
-    """A folder of links to the toy train images (stage two reads plain image folders)."""
-    folder = out / "train_images"
-    samples = load_dataset("toy", split="train").samples
-    if not folder.is_dir() or len(list(folder.iterdir())) != len(samples):
-        folder.mkdir(parents=True, exist_ok=True)
-        for s in samples:
-            link = folder / Path(s.image_path).name
-            if not link.exists():
-                link.symlink_to(Path(s.image_path).resolve())
-    return folder
-
-
 def control_runs(args: argparse.Namespace, qualities: list[int]) -> list[Path]:
     """Fine-tune each anchor checkpoint ``--control_steps`` more steps with beta = 0; the
     checkpoints, in quality order."""
     out = Path(args.out).resolve()
-    images = train_image_folder(out)
+    images = link_split_images("toy", "train", out / "train_images")
     pending, checkpoints = [], []
     for q in qualities:
         save_dir = out / f"control{args.control_steps}" / f"q{q}"

@@ -391,19 +391,10 @@ def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Name
 
 def codec_folders(args: argparse.Namespace) -> tuple[Path, Path]:
     """Plain image folders of the toy train and val images (links into the toy set)."""
-    from icm.data import load_dataset
+    from icm.data import link_split_images
 
-    folders = []
-    for split in ("train", "val"):
-        folder = Path(args.runs) / "codec_data" / split
-        samples = load_dataset("toy", split=split, root=args.data_root).samples
-        if not folder.is_dir() or len(list(folder.iterdir())) != len(samples):
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            for s in samples:
-                (folder / Path(s.image_path).name).symlink_to(Path(s.image_path).resolve())
-        folders.append(folder)
-    return folders[0], folders[1]
+    return tuple(link_split_images("toy", split, Path(args.runs) / "codec_data" / split, args.data_root)
+                 for split in ("train", "val"))
 
 
 def train_codec_cmd(quality: int, args: argparse.Namespace, train_dir: Path, val_dir: Path | None,

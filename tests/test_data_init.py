@@ -174,3 +174,17 @@ def test_config_names_any_case_and_limit(tmp_path, monkeypatch):
     assert len(full) == 5 and len(three) == 3
     assert [s.id for s in three.samples] == [s.id for s in full.samples[:3]]
     assert three.classes == full.classes
+
+
+def test_link_split_images_makes_a_plain_folder_of_one_split(tmp_path):
+    from icm.data import link_split_images, load_dataset, make_toy_dataset, read_image_folder
+
+    toy = make_toy_dataset(tmp_path / "toy", train=3, val=2, size=64)
+    folder = link_split_images("toy", "val", tmp_path / "links", root=toy)
+    val = load_dataset("toy", split="val", root=toy).samples
+    assert sorted(p.name for p in folder.iterdir()) == sorted(Path(s.image_path).name for s in val)
+    assert all(p.is_symlink() and p.resolve().is_file() for p in folder.iterdir())
+    assert len(read_image_folder(folder).samples) == 2
+    (folder / "stray.png").symlink_to(Path(val[0].image_path).resolve())  # not this split's set
+    link_split_images("toy", "val", folder, root=toy)
+    assert len(list(folder.iterdir())) == 2

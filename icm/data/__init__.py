@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "class_map",
     "collate_detection",
     "data_dir",
+    "link_split_images",
     "load_dataset",
     "make_toy_dataset",
     "read_coco",
@@ -61,6 +63,20 @@ PATH_OPTIONS = ("ann_file", "image_dir", "box_csv", "class_csv", "image_ids")
 def data_dir() -> Path:
     """The base folder for relative dataset roots: ``$ICM_DATA_ROOT``, else ``<repo>/data``."""
     return Path(os.environ.get("ICM_DATA_ROOT") or REPO_ROOT / "data")
+
+
+def link_split_images(name_or_config: str | os.PathLike, split: str, folder: str | os.PathLike,
+                      root: str | os.PathLike | None = None) -> Path:
+    """A plain image folder of links to one split's images (stage two reads plain image
+    folders); rebuilt when it does not hold exactly that split's images. Returns ``folder``."""
+    folder = Path(folder)
+    samples = load_dataset(name_or_config, split=split, root=root).samples
+    if not folder.is_dir() or len(list(folder.iterdir())) != len(samples):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for sample in samples:
+            (folder / Path(sample.image_path).name).symlink_to(Path(sample.image_path).resolve())
+    return folder
 
 
 def load_dataset(
