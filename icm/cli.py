@@ -88,6 +88,16 @@ def resume_file(resume: str, out: str | None, name: str) -> Path:
     return path / name if path.is_dir() else path
 
 
+def refuse_existing_run(folder: Path, markers: tuple[str, ...], resume: Path) -> None:
+    """A new run never replaces another's checkpoints or log unless asked to: a one-line
+    error naming what ``folder`` holds of ``markers`` and how to continue (``resume``) or
+    replace it. The same rule in every trainer."""
+    held = [name for name in markers if (folder / name).exists()]
+    if held:
+        raise ValueError(f"{folder} holds a run ({', '.join(held)}): --resume {resume} continues it, "
+                         "--overwrite replaces it, or give another --out")
+
+
 def user_error_text(error: Exception) -> str:
     """One line: ``PATH: reason`` for an operating-system error on a file, else the message."""
     if isinstance(error, FileExistsError) and error.filename is not None and os.path.isfile(error.filename):

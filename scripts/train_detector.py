@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from icm.cli import exit_on_user_error, resolve_device, resume_file
+from icm.cli import exit_on_user_error, refuse_existing_run, resolve_device, resume_file
 from icm.config import parse_args_with_config, save_run_config
 from icm.data import load_dataset
 from icm.detectors import Detector, available, build_detector, read_detector_checkpoint
@@ -101,12 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.resume is not None:
         out = resume_file(args.resume, args.out, RESUME_FILE).parent
-    elif (out / RESUME_FILE).exists():
-        if not args.overwrite:
-            raise ValueError(f"{out} holds a run ({RESUME_FILE}): --resume {out} continues it, --overwrite "
-                             "replaces it, or give another --out")
+    elif args.overwrite:
         for name in (RESUME_FILE, "log.jsonl"):
             (out / name).unlink(missing_ok=True)
+    else:
+        refuse_existing_run(out, (RESUME_FILE,), out)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     train_set = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from icm.cli import exit_on_user_error, key_value, resolve_device, resume_file
+from icm.cli import exit_on_user_error, key_value, refuse_existing_run, resolve_device, resume_file
 from icm.codec import (
     QUALITY_LAMBDAS,
     build_codec,
@@ -266,12 +266,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_run_folder(save_dir: Path, args: argparse.Namespace) -> None:
     """A new run never replaces another one's checkpoints or log unless asked to."""
-    if args.resume or args.overwrite:
-        return
-    held = [name for name in ("last.pth.tar", "best.pth.tar", "log.jsonl") if (save_dir / name).exists()]
-    if held:
-        raise ValueError(f"{save_dir} holds a run ({', '.join(held)}): --resume {save_dir / 'last.pth.tar'} "
-                         "continues it, --overwrite replaces it, or give another --out")
+    if not (args.resume or args.overwrite):
+        refuse_existing_run(save_dir, (LAST_CHECKPOINT, "best.pth.tar", "log.jsonl"), save_dir / LAST_CHECKPOINT)
 
 
 def build_model(args: argparse.Namespace, resumed: dict | None = None) -> tuple[torch.nn.Module, dict]:
