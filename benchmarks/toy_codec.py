@@ -90,8 +90,10 @@ def run(cmd: list[str], log_path: Path | None = None, threads: int | None = None
     env = dict(os.environ)
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed by the child's end)
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+    if log_path is None:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
+    with open(log_path, "a", encoding="utf-8") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_all(processes: list[tuple[str, subprocess.Popen]]) -> None:
