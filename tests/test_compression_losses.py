@@ -51,6 +51,16 @@ def test_ms_ssim_variant_uses_one_minus_ms_ssim_and_still_reports_mse():
     assert math.isfinite(out["loss"].item())
 
 
-def test_beta_outside_unit_interval_is_rejected():
-    with pytest.raises(ValueError, match="beta"):
-        PseudoTargetLoss(lmbda=0.01, beta=1.5)
+def test_negative_or_infinite_beta_is_rejected():
+    for beta in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="beta"):
+            PseudoTargetLoss(lmbda=0.01, beta=beta)
+
+
+def test_beta_above_one_extrapolates_past_the_augmented_image_within_0_1():
+    x = torch.tensor([0.50, 0.50, 0.98, 0.02]).view(1, 1, 2, 2)
+    x_aug = torch.tensor([0.52, 0.47, 1.00, 0.00]).view(1, 1, 2, 2)
+    target = blend_target(x, x_aug, 2.0)
+    expected = torch.tensor([0.54, 0.44, 1.00, 0.00]).view(1, 1, 2, 2)  # x + 2 * delta, clipped
+    assert torch.allclose(target, expected, atol=1e-6)
+    assert torch.allclose(blend_target(x, x_aug, 0.5), (x + x_aug) / 2, atol=1e-6)

@@ -9,6 +9,8 @@ The rate-distortion trade-off itself is CompressAI's ``RateDistortionLoss``:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
@@ -16,10 +18,12 @@ from torch import nn
 
 
 def blend_target(x: torch.Tensor, x_aug: torch.Tensor, beta: float) -> torch.Tensor:
-    """``(1 - beta) * x + beta * x_aug`` (exactly ``x`` at 0 and ``x_aug`` at 1)."""
+    """``(1 - beta) * x + beta * x_aug`` (exactly ``x`` at 0 and ``x_aug`` at 1). Above 1 it
+    extrapolates past ``x_aug`` (``x + beta * delta``), clipped to the image range [0, 1]."""
     if beta == 0:
         return x
-    return torch.lerp(x, x_aug, beta)
+    target = torch.lerp(x, x_aug, beta)
+    return target.clamp(0.0, 1.0) if beta > 1 else target
 
 
 class PseudoTargetLoss(nn.Module):
@@ -31,8 +35,8 @@ class PseudoTargetLoss(nn.Module):
 
     def __init__(self, lmbda: float, metric: str = "mse", beta: float = 1.0) -> None:
         super().__init__()
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        if not (math.isfinite(beta) and beta >= 0.0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         self.beta = beta
         self.rate_distortion = RateDistortionLoss(lmbda=lmbda, metric=metric)
 

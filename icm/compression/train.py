@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lambda", dest="lmbda", type=float, default=None,
                        help="rate-distortion weight (None: CompressAI's value for --quality/--metric)")
     train.add_argument("--beta", type=float, default=1.0,
-                       help="target = (1-beta)*original + beta*augmented; 0 is the plain fine-tuning control")
+                       help="target = (1-beta)*original + beta*augmented; 0 is the plain fine-tuning control; "
+                       "above 1 it extrapolates past the augmented image (clipped to [0, 1])")
     train.add_argument("--lr", type=float, default=1e-4, help="learning rate of the codec")
     train.add_argument("--aux_lr", type=float, default=1e-3, help="learning rate of the quantiles (aux loss)")
     train.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping (0: off)")
