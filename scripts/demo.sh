@@ -17,6 +17,11 @@
 #   DEMO_JOBS     processes at a time for stage one (shards) and stage two (1: progress bars
 #                 on the terminal; more: one log per process in $OUT/logs)  (1)
 #   DEMO_OUT      output folder                                            (runs/demo)
+#   DEMO_SEEDS    stage-two seeds: each gives an MAA and a control codec; with two, seed 1's
+#                 (maa_seed1, control_seed1) against seed 0's is the noise floor   ("0")
+#   DEMO_STAGE_ONE_FLAGS  extra stage-one flags, e.g. "--smooth 15"         ("")
+#   DEMO_BETA     MAA's beta                                                (1)
+#   DEMO_PILLOW   Pillow codecs also evaluated and used as BD anchors, e.g. "webp jpeg" ("")
 # benchmarks/toy_benchmark.sh runs this at a larger scale. Every step resumes: a rerun skips
 # finished stage-one images, finished trainings and finished evaluation points.
 set -euo pipefail
@@ -29,6 +34,10 @@ STEPS=${DEMO_STEPS:-40}
 VAL=${DEMO_VAL:-100}
 QUALITIES=${DEMO_QUALITIES:-"1 2 3"}
 JOBS=${DEMO_JOBS:-1}
+SEEDS=${DEMO_SEEDS:-0}
+STAGE_ONE_FLAGS=${DEMO_STAGE_ONE_FLAGS:-}
+BETA=${DEMO_BETA:-1}
+PILLOW=${DEMO_PILLOW:-}
 CONFIG=configs/toy.yaml
 
 missing=()
@@ -78,39 +87,56 @@ limit=()
 [ "$IMAGES" = all ] || limit=(--limit "$IMAGES")
 step "stage one: Meta-AAFG on ${IMAGES} toy train images (seen: the toy config's model set), $JOBS process(es)"
 for ((i = 0; i < JOBS; i++)); do
-    echo "stage_one_shard$i|$PY MetaAAFG/train_meta_aafg.py --config $CONFIG --dataset toy --split train ${limit[*]} --batch_size 16 --shard $i/$JOBS --save_path $OUT/augmented_data"
+    echo "stage_one_shard$i|$PY MetaAAFG/train_meta_aafg.py --config $CONFIG --dataset toy --split train ${limit[*]} --batch_size 16 $STAGE_ONE_FLAGS --shard $i/$JOBS --save_path $OUT/augmented_data"
 done | run_all
 
-maa=() control=() anchor=()
-for q in $QUALITIES; do
-    maa+=("$OUT/codecs/maa_q$q/last.pth.tar")
-    control+=("$OUT/codecs/control_q$q/last.pth.tar")
-    anchor+=("assets/toy/codec_q$q.pth.tar")
-done
-step "stage two: fine-tune the toy codec at qualities $QUALITIES with beta 1 (MAA) and 0 (control), $STEPS steps each"
-for q in $QUALITIES; do
-    for beta in 1 0; do
-        name=$([ "$beta" = 1 ] && echo maa || echo control)_q$q
-        start_from="--checkpoint assets/toy/codec_q$q.pth.tar --quality $q --beta $beta"
-        [ -f "$OUT/codecs/$name/last.pth.tar" ] && start_from="--resume $OUT/codecs/$name/last.pth.tar"
-        # --max_steps ends the run; --epochs only has to be larger than it can take.
-        echo "$name|$PY Compression/train_compression.py --config $CONFIG --dataset $OUT/augmented_data $start_from --epochs 100000 --max_steps $STEPS --save_dir $OUT/codecs/$name"
+# codec_name KIND SEED: maa / control for seed 0, maa_seed1 / control_seed1 for seed 1, ...
+codec_name() { [ "$2" = 0 ] && echo "$1" || echo "$1_seed$2"; }
+anchor=()
+for q in $QUALITIES; do anchor+=("assets/toy/codec_q$q.pth.tar"); done
+step "stage two: fine-tune the toy codec at qualities $QUALITIES with beta $BETA (MAA) and 0 (control), seeds $SEEDS, $STEPS steps each"
+for seed in $SEEDS; do
+    for q in $QUALITIES; do
+        for beta in "$BETA" 0; do
+            name=$(codec_name "$([ "$beta" = 0 ] && echo control || echo maa)" "$seed")_q$q
+            start_from="--checkpoint assets/toy/codec_q$q.pth.tar --quality $q --beta $beta --seed $seed"
+            [ -f "$OUT/codecs/$name/last.pth.tar" ] && start_from="--resume $OUT/codecs/$name/last.pth.tar"
+            # --max_steps ends the run; --epochs only has to be larger than it can take.
+            echo "$name|$PY Compression/train_compression.py --config $CONFIG --dataset $OUT/augmented_data $start_from --epochs 100000 --max_steps $STEPS --save_dir $OUT/codecs/$name"
+        done
     done
 done | run_all
 join() { local IFS=,; echo "$*"; }
 
 val_limit=()
 [ "$VAL" = all ] || val_limit=(--limit "$VAL")
-step "evaluation: anchor, control and MAA on ${VAL} toy validation images, seen and unseen detectors"
+codecs=("anchor=$(join "${anchor[@]}")")
+for seed in $SEEDS; do
+    for kind in control maa; do
+        ckpts=()
+        for q in $QUALITIES; do ckpts+=("$OUT/codecs/$(codec_name $kind "$seed")_q$q/last.pth.tar"); done
+        codecs+=("$(codec_name $kind "$seed")=$(join "${ckpts[@]}")")
+    done
+done
+# shellcheck disable=SC2206  # one word per Pillow codec
+codecs+=($PILLOW)
+step "evaluation: anchor, control and MAA ${PILLOW:+and $PILLOW }on ${VAL} toy validation images, seen and unseen detectors"
 $PY Evaluation/evaluate.py --config "$CONFIG" --dataset toy --split val "${val_limit[@]}" \
-    --codecs "anchor=$(join "${anchor[@]}")" "control=$(join "${control[@]}")" "maa=$(join "${maa[@]}")" \
-    --out "$OUT/eval"
+    --codecs "${codecs[@]}" --out "$OUT/eval"
 
 step "tables and plots"
 $PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor anchor --out "$OUT/tables" --img_dir "$OUT" \
     > "$OUT/logs/make_tables.log"
-$PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor control --out "$OUT/tables_vs_control" --no_plots \
-    >> "$OUT/logs/make_tables.log"
+# Against the control (with two seeds, control_seed1's row there is the control's noise floor),
+# against seed 0's MAA (maa_seed1's row: MAA's noise floor) and against each Pillow codec.
+anchors=(control)
+[ "$(echo $SEEDS | wc -w)" -gt 1 ] && anchors+=(maa)
+# shellcheck disable=SC2206
+anchors+=($PILLOW)
+for against in "${anchors[@]}"; do
+    $PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor "$against" --out "$OUT/tables_vs_$against" --no_plots \
+        >> "$OUT/logs/make_tables.log"
+done
 mid=$(echo $QUALITIES | awk '{print $(int((NF + 1) / 2))}')
 $PY Evaluation/visualize.py --config "$CONFIG" --augmented_data "$OUT/augmented_data" \
     --anchor "assets/toy/codec_q$mid.pth.tar" --maa "$OUT/codecs/maa_q$mid/last.pth.tar" --out "$OUT/visual.png"
@@ -121,7 +147,9 @@ cat "$OUT/tables/results_map-voc07.md"
 echo
 cat "$OUT/tables/bd_map-voc07.md"
 echo
-cat "$OUT/tables_vs_control/bd_map-voc07.md"
-echo
+for against in "${anchors[@]}"; do
+    cat "$OUT/tables_vs_$against/bd_map-voc07.md"
+    echo
+done
 echo "finished in $(( $(date +%s) - start )) s: tables (all protocols, CSV, LaTeX) in $OUT/tables/ and"
-echo "$OUT/tables_vs_control/, plots $OUT/rate_*.png, picture $OUT/visual.png"
+echo "$OUT/tables_vs_*/, plots $OUT/rate_*.png, picture $OUT/visual.png"
