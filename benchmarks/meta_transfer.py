@@ -56,7 +56,14 @@ from icm.ap_bootstrap import (
     map_from_matches,
     percentile_interval,
 )
-from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device
+from icm.cli import (
+    detector_weights,
+    exit_on_user_error,
+    key_value,
+    non_negative_int,
+    positive_int,
+    resolve_device,
+)
 from icm.config import TOY_CONFIG, environment_info, load_yaml, to_plain
 from icm.data import load_dataset
 from icm.evaluation.engine import voc_ground_truth
@@ -83,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unseen detectors; None: the config's evaluation.unseen_detectors" + d)
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="weights of a detector (repeatable); wins over the config's")
-    p.add_argument("--limit", type=int, default=100, help="first N images of the split" + d)
-    p.add_argument("--batch_size", type=int, default=8, help="images per stage-one batch" + d)
+    p.add_argument("--limit", type=positive_int, default=100, help="first N images of the split" + d)
+    p.add_argument("--batch_size", type=positive_int, default=8, help="images per stage-one batch" + d)
     p.add_argument("--seed", type=int, default=0, help="stage one's seed and the random controls'" + d)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples" + d)
-    p.add_argument("--noise_level", type=int, default=8, help="8-bit levels of the 'noise' variant's random signs" + d)
-    p.add_argument("--cosine_images", type=int, default=24, help="images for the gradient cosines" + d)
-    p.add_argument("--cosine_smooth", type=int, default=9,
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples" + d)
+    p.add_argument("--noise_level", type=non_negative_int, default=8, help="8-bit levels of the 'noise' variant's random signs" + d)
+    p.add_argument("--cosine_images", type=non_negative_int, default=24, help="images for the gradient cosines" + d)
+    p.add_argument("--cosine_smooth", type=positive_int, default=9,
                    help="Gaussian kernel (odd) for the smoothed cosines, sigma (K-1)/6" + d)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ..." + d)
     p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here" + d)
@@ -192,8 +199,6 @@ def mean_cosine(pairs: dict[str, float], first: list[str], second: list[str]) ->
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     config = config_from_args(args)
-    if args.limit < 1 or args.bootstrap < 1 or args.batch_size < 1:
-        raise ValueError("--limit, --bootstrap and --batch_size must be at least 1")
     seen, unseen, weights = model_sets(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
     dataset = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)

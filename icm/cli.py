@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -25,9 +26,66 @@ RANDOM_INIT = ("none", "random")
 def fraction(text: str) -> float:
     """argparse type: ``8/255``, ``0.03`` or ``3e-2`` -> float."""
     try:
-        return float(Fraction(str(text).strip()))
+        value = float(Fraction(str(text).strip()))
     except (ValueError, ZeroDivisionError) as e:
         raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from e
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+# Validated numbers: every CLI states its counts and step sizes with these types, so a bad
+# value (from the command line or a config) is one line before anything loads.
+def _integer(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from e
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count: images, steps, a batch size)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (0 usually means off or no limit; the flag's help says)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 or more")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (a step size, a learning rate); ``8/255`` works."""
+    value = fraction(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number above 0")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number >= 0; ``8/255`` works."""
+    value = fraction(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 or more")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = fraction(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number in [0, 1]")
+    return value
+
+
+def limit(text: str) -> int | None:
+    """argparse type: ``--limit N`` with N >= 1, or ``all`` (None: every image)."""
+    return None if str(text).strip().lower() == "all" else positive_int(text)
 
 
 def key_value(text: str) -> tuple[str, str]:

@@ -163,7 +163,10 @@ def _typed(kind: Any, value: Any) -> Any:
         raise ValueError(f"{value!r} is a boolean")
     if kind is int and isinstance(value, float):
         raise ValueError(f"{value!r} is not an integer")
-    return kind(value) if kind in (int, float) else value
+    if kind in (int, float):
+        return kind(value)
+    # A validating type (icm.cli.positive_int, ...) sees the number as the command line gives it.
+    return kind(str(value)) if isinstance(value, (int, float)) and callable(kind) and kind is not bool else value
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:

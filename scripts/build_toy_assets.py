@@ -43,7 +43,14 @@ from pathlib import Path
 
 import torch
 
-from icm.cli import exit_on_user_error, key_value
+from icm.cli import (
+    exit_on_user_error,
+    key_value,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    probability,
+)
 from icm.config import REPO_ROOT, git_commit, parse_args_with_config, save_run_config
 from icm.io import (
     atomic_torch_save,
@@ -107,19 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAME=M training minutes (turned into steps by a timing run); defaults: "
                    + ", ".join(f"{k}={v['minutes']:g}" for k, v in DETECTORS.items())
                    + "; a codec_q<Q> given here is timed instead of taking its default steps")
-    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--jobs", type=positive_int, default=2, help="trainings run at the same time")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per training")
     p.add_argument("--no_pretrain", action="store_true",
                    help="detectors from random init (the first toy world's recipe); default: each body "
                    "pretrained on the toy classification task first")
     p.add_argument("--no_augment", action="store_true",
                    help="no photometric augmentation in detector training (the first toy world's recipe)")
-    p.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS, help="steps of each body's pretraining")
-    p.add_argument("--min_map", type=float, default=0.5, help="validation mAP@0.5 a detector needs to be shipped")
-    p.add_argument("--max_extensions", type=int, default=2,
+    p.add_argument("--pretrain_steps", type=positive_int, default=PRETRAIN_STEPS, help="steps of each body's pretraining")
+    p.add_argument("--min_map", type=probability, default=0.5, help="validation mAP@0.5 a detector needs to be shipped")
+    p.add_argument("--max_extensions", type=non_negative_int, default=2,
                    help="continuations of a detector run whose best mAP@0.5 is below --min_map")
-    p.add_argument("--extend_minutes", type=float, default=10.0, help="training minutes of each continuation")
-    p.add_argument("--refine_top_steps", type=int, default=600,
+    p.add_argument("--extend_minutes", type=non_negative_number, default=10.0, help="training minutes of each continuation")
+    p.add_argument("--refine_top_steps", type=non_negative_int, default=600,
                    help="steps of the last codec run: the highest quality fine-tuned from the second (0: none)")
     p.add_argument("--codec_init", default=None,
                    help="warm start of the first (highest) codec quality from this checkpoint, e.g. the shipped "
@@ -128,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qualities", default=",".join(map(str, CODEC_QUALITIES)),
                    help="codec qualities (CompressAI MSE lambdas), highest first: it is trained from scratch")
     p.add_argument("--data_root", default=str(REPO_ROOT / "data" / "toy"), help="toy set folder")
-    p.add_argument("--train_images", type=int, default=2000, help="toy training images")
-    p.add_argument("--val_images", type=int, default=300, help="toy validation images")
-    p.add_argument("--image_size", type=int, default=128, help="toy image side in pixels")
+    p.add_argument("--train_images", type=positive_int, default=2000, help="toy training images")
+    p.add_argument("--val_images", type=positive_int, default=300, help="toy validation images")
+    p.add_argument("--image_size", type=positive_int, default=128, help="toy image side in pixels")
     p.add_argument("--assets", default=str(REPO_ROOT / "assets" / "toy"), help="where the assets go")
     p.add_argument("--runs", default=str(REPO_ROOT / "runs" / "toy_assets"), help="where the training runs go")
     p.add_argument("--seed", type=int, default=0)

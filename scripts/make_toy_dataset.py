@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from icm.cli import exit_on_user_error
+from icm.cli import exit_on_user_error, positive_int
 from icm.config import parse_args_with_config
 from icm.data import data_dir, make_toy_dataset
 from icm.data.toy import OBJECTS_FILE
@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="YAML file with defaults for these flags")
     p.add_argument("--out", type=Path, default=data_dir() / "toy", help="output folder (created; one holding the same set is kept as is)")
-    p.add_argument("--train", type=int, default=2000, help="number of training images")
-    p.add_argument("--val", type=int, default=300, help="number of validation images")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (square images)")
+    p.add_argument("--train", type=positive_int, default=2000, help="number of training images")
+    p.add_argument("--val", type=positive_int, default=300, help="number of validation images")
+    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (square images)")
     p.add_argument("--seed", type=int, default=0, help="base random seed")
     return p
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from icm.cli import exit_on_user_error
+from icm.cli import exit_on_user_error, positive_int, positive_number
 from icm.config import git_commit
 from icm.io import append_jsonl
 
@@ -27,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="registered toy detector whose body is pretrained, e.g. toy_fcos")
     p.add_argument("--out", required=True, help="the backbone file to write")
-    p.add_argument("--images", type=int, default=8000, help="classification images rendered (10%% held out)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (toy shapes keep their pixel size)")
-    p.add_argument("--steps", type=int, default=800, help="optimiser steps")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (warm-up, cosine decay)")
+    p.add_argument("--images", type=positive_int, default=8000, help="classification images rendered (10%% held out)")
+    p.add_argument("--size", type=positive_int, default=64, help="image side in pixels (toy shapes keep their pixel size)")
+    p.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
+    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_number, default=2e-3, help="AdamW peak learning rate (warm-up, cosine decay)")
     p.add_argument("--seed", type=int, default=0, help="seed of the images and of the training")
     return p
 

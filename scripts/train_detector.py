@@ -20,7 +20,18 @@ from pathlib import Path
 
 import torch
 
-from icm.cli import exit_on_user_error, refuse_existing_run, resolve_device, resume_file
+from icm.cli import (
+    exit_on_user_error,
+    limit,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    probability,
+    refuse_existing_run,
+    resolve_device,
+    resume_file,
+)
 from icm.config import parse_args_with_config, save_run_config
 from icm.data import load_dataset
 from icm.detectors import Detector, available, build_detector, read_detector_checkpoint
@@ -40,22 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_root", help="the dataset's folder, replacing the config's root")
     p.add_argument("--split", default="train", help="training split")
     p.add_argument("--val_split", default="val", help="validation split ('none' to skip validation)")
-    p.add_argument("--limit", type=int, help="use only the first N images of each split")
+    p.add_argument("--limit", type=limit, help="use only the first N images of each split")
     p.add_argument("--weights", default="none",
                    help="initial weights: 'none' (random), 'default' (the library's pretrained) or a PATH")
     p.add_argument("--new_head", action="store_true",
                    help="with pretrained weights: a head for the dataset's classes instead of the native one")
-    p.add_argument("--epochs", type=int, default=50, help="epochs (ignored when --max_steps is given)")
-    p.add_argument("--max_steps", type=int, help="total optimiser steps")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--epochs", type=positive_int, default=50, help="epochs (ignored when --max_steps is given)")
+    p.add_argument("--max_steps", type=positive_int, help="total optimiser steps")
+    p.add_argument("--batch_size", type=positive_int, default=16)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default: AdamW (SGD uses Nesterov momentum --momentum)")
-    p.add_argument("--lr", type=float, help="peak learning rate; default per family from scratch "
+    p.add_argument("--lr", type=positive_number, help="peak learning rate; default per family from scratch "
                    "(CenterNet 4e-3, ultralytics 2e-3, torchvision 1e-3), a tenth of it when fine-tuning")
-    p.add_argument("--weight_decay", type=float, help="default per family (1e-4; ultralytics 5e-4)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--warmup_steps", type=int, help="linear warm-up steps; default 10%% of the steps, at most 500")
-    p.add_argument("--clip_grad", type=float, default=10.0, help="max gradient norm (0: no clipping)")
-    p.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
+    p.add_argument("--weight_decay", type=non_negative_number, help="default per family (1e-4; ultralytics 5e-4)")
+    p.add_argument("--momentum", type=probability, default=0.9, help="SGD momentum")
+    p.add_argument("--warmup_steps", type=non_negative_int, help="linear warm-up steps; default 10%% of the steps, at most 500")
+    p.add_argument("--clip_grad", type=non_negative_number, default=10.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--hflip", type=probability, default=0.5, help="probability of a horizontal flip")
     p.add_argument("--augment", action="store_true",
                    help="photometric augmentation of zoo recipes: colour jitter (p 0.8, +-20%%), Gaussian blur "
                    "(p 0.3, sigma 0.1-1.2 px), Gaussian noise (p 0.5, sigma up to 12/255)")
@@ -69,11 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in --out even if it holds one (its checkpoints and log are replaced)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--num_workers", type=non_negative_int, default=0, help="data-loading worker processes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val_every", type=int, default=1, help="validate every N epochs (and at the end)")
-    p.add_argument("--log_every", type=int, default=10, help="steps per line of log.jsonl")
-    p.add_argument("--checkpoint_every", type=int, default=1000, help="steps between mid-epoch checkpoints")
+    p.add_argument("--val_every", type=positive_int, default=1, help="validate every N epochs (and at the end)")
+    p.add_argument("--log_every", type=positive_int, default=10, help="steps per line of log.jsonl")
+    p.add_argument("--checkpoint_every", type=positive_int, default=1000, help="steps between mid-epoch checkpoints")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 

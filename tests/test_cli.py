@@ -3,7 +3,20 @@ import argparse
 import pytest
 import torch
 
-from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, resolve_device, shard
+from icm.cli import (
+    detector_weights,
+    exit_on_user_error,
+    fraction,
+    key_value,
+    limit,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    probability,
+    resolve_device,
+    shard,
+)
 from icm.io import ImageReadError
 
 
@@ -14,6 +27,18 @@ def test_fraction_accepts_fractions_and_floats():
     for bad in ("eight", "1/0", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             fraction(bad)
+
+
+def test_validated_number_types_accept_their_range_and_reject_the_rest():
+    assert (positive_int("3"), non_negative_int("0"), limit("7"), limit("all"), limit("ALL")) == (3, 0, 7, None, None)
+    assert positive_number("8/255") == pytest.approx(8 / 255) and non_negative_number("0") == 0.0
+    assert (probability("0"), probability("1"), probability("0.7")) == (0.0, 1.0, 0.7)
+    for kind, bad in ((positive_int, "0"), (positive_int, "-1998"), (positive_int, "2.7"), (positive_int, "x"),
+                      (non_negative_int, "-1"), (limit, "0"), (limit, "some"), (positive_number, "0"),
+                      (positive_number, "-1e-4"), (positive_number, "inf"), (positive_number, "nan"),
+                      (non_negative_number, "-0.5"), (probability, "1.5"), (probability, "-0.1")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            kind(bad)
 
 
 def test_key_value_and_shard():

@@ -176,7 +176,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ")
+    assert last.startswith(("error: ", "train_compression.py: error: "))  # ours, or argparse's after its usage
     return last
 
 
@@ -264,7 +264,7 @@ def test_offline_zoo_weights_and_bad_flags_are_one_line_errors(toy_data, tmp_pat
     assert "missing_folder: dataset folder not found" in one_line_error(
         capsys, toy_args(tmp_path / "missing_folder", tmp_path / "z"))
     assert "patch_size" in one_line_error(capsys, toy_args(toy_data, tmp_path / "w", "--metric", "ms-ssim"))
-    assert "--max_steps -1: give at least 1" in one_line_error(capsys, toy_args(toy_data, tmp_path / "u", "--max_steps", "-1"))
+    assert "--max_steps: -1: give 0 or more" in one_line_error(capsys, toy_args(toy_data, tmp_path / "u", "--max_steps", "-1"))
     assert not (tmp_path / "u").exists()
     assert "give --max_steps" in one_line_error(capsys, toy_args(toy_data, tmp_path / "v", "--scheduler", "cosine"))
 

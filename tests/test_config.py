@@ -71,6 +71,26 @@ def test_bad_values_and_choices_are_errors(tmp_path):
     assert args.meta_steps == 4 and args.epsilon == 0.05
 
 
+def test_validating_types_check_yaml_numbers_as_the_command_line_would(tmp_path):
+    from icm.cli import limit, positive_int, positive_number
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    p.add_argument("--batch_size", type=positive_int, default=1)
+    p.add_argument("--limit", type=limit, default=None)
+    p.add_argument("--lr", type=positive_number, default=1e-4)
+    cfg = tmp_path / "c.yaml"
+    for bad, message in (("batch_size: 2.7", "not an integer: '2.7'"), ("batch_size: 0", "0: give at least 1"),
+                         ("limit: -3", "-3: give at least 1"), ("lr: 0", "0: give a number above 0"),
+                         ("lr: -1.0e-4", "give a number above 0"), ("batch_size: true", "True is a boolean")):
+        cfg.write_text(f"stage:\n  {bad}\n")
+        with pytest.raises(ConfigError, match=f"bad value .*{message}"):
+            parse_args_with_config(p, ["--config", str(cfg)], "stage")
+    cfg.write_text("stage:\n  batch_size: 4\n  limit: all\n  lr: 3.0e-4\n")
+    args = parse_args_with_config(p, ["--config", str(cfg)], "stage")
+    assert (args.batch_size, args.limit, args.lr) == (4, None, pytest.approx(3e-4))
+
+
 def test_list_flags_accept_scalars_and_typed_items(tmp_path):
     from icm.cli import key_value
 

@@ -139,7 +139,7 @@ def test_plots_default_into_out_and_bootstrap_flags(small_run, tmp_path, monkeyp
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main([str(small_run / "jpeg.json"), "--bootstrap", "-1"])
-    assert "expected 0 (off)" in capsys.readouterr().err
+    assert "argument --bootstrap: -1: give 0 or more" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- synthetic codecs

@@ -22,7 +22,18 @@ import torch
 
 from icm.aafg.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary
 from icm.aafg.meta_aafg import MetaAAFGConfig, Reconstruction, gradient_budget
-from icm.cli import detector_weights, exit_on_user_error, fraction, key_value, resolve_device, shard
+from icm.cli import (
+    detector_weights,
+    exit_on_user_error,
+    key_value,
+    limit,
+    non_negative_int,
+    positive_int,
+    positive_number,
+    probability,
+    resolve_device,
+    shard,
+)
 from icm.config import load_yaml, parse_args_with_config, save_run_config, to_plain
 from icm.data import DetectionDataset, load_dataset
 
@@ -38,29 +49,29 @@ RESULT_KEYS = ("dataset", "data_root", "split", "models", "weights", "epsilon", 
 
 def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of :class:`MetaAAFGConfig` (shared with benchmarks/meta_transfer.py)."""
-    p.add_argument("--epsilon", type=fraction, default="8/255",
+    p.add_argument("--epsilon", type=positive_number, default="8/255",
                    help="L-inf radius, e.g. 8/255 or 0.03 (MGAA's official run: 16/255)")
-    p.add_argument("--meta_steps", type=int, default=10, help="T: meta (outer) iterations (MGAA: 10)")
-    p.add_argument("--inner_steps", type=int, default=5, help="K: meta-train steps per meta iteration (MGAA: 8)")
-    p.add_argument("--alpha_in", type=fraction, default=None, help="meta-train step, also the step of "
+    p.add_argument("--meta_steps", type=positive_int, default=10, help="T: meta (outer) iterations (MGAA: 10)")
+    p.add_argument("--inner_steps", type=positive_int, default=5, help="K: meta-train steps per meta iteration (MGAA: 8)")
+    p.add_argument("--alpha_in", type=positive_number, default=None, help="meta-train step, also the step of "
                    "--meta off (None: epsilon/16, as MGAA)")
-    p.add_argument("--alpha_out", type=fraction, default=None,
+    p.add_argument("--alpha_out", type=positive_number, default=None,
                    help="meta-test step (None: epsilon/meta_steps, as MGAA)")
     p.add_argument("--direction", choices=["helpful", "harmful"], default="helpful",
                    help="helpful lowers the detectors' loss; harmful raises it (ablation)")
     p.add_argument("--meta", choices=["on", "off"], default="on",
                    help="off: plain ensemble PGD with the same number of gradient evaluations")
-    p.add_argument("--sample_models", type=int, default=0,
+    p.add_argument("--sample_models", type=non_negative_int, default=0,
                    help="N: a random subset of N models per meta iteration, the last drawn held out; "
                    "0: every model, held out in turn (MGAA: 6 of its 10)")
-    p.add_argument("--diversity", type=float, default=0.0,
+    p.add_argument("--diversity", type=probability, default=0.0,
                    help="P: probability of input diversity at each gradient: upscale by a random factor in "
                    "[1, 1.1) and zero-pad at a random offset to 1.1x the size, boxes moved alike; 0: off "
                    "(MGAA: 0.7)")
-    p.add_argument("--smooth", type=int, default=0,
+    p.add_argument("--smooth", type=non_negative_int, default=0,
                    help="K: smooth each gradient with a KxK Gaussian of sigma (K-1)/6 px (translation-"
                    "invariant attack); odd, 0: off (MGAA: 15, sigma 2.33 px)")
-    p.add_argument("--delta_scale", type=int, default=1,
+    p.add_argument("--delta_scale", type=positive_int, default=1,
                    help="S: optimise the perturbation at 1/S resolution (gradients pooled over SxS blocks, "
                    "steps upsampled bilinearly); 1: full resolution (MGAA: 1)")
     p.add_argument("--codec_aware", default=None, metavar="CODEC",
@@ -100,17 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_algorithm_arguments(p)
     p.add_argument("--targets", choices=["gt", "pseudo"], default="gt",
                    help="gt: the dataset's boxes; pseudo: each detector's predictions on the clean image")
-    p.add_argument("--pseudo_threshold", type=float, default=None,
+    p.add_argument("--pseudo_threshold", type=probability, default=None,
                    help="score threshold of pseudo targets; None: each detector's own")
-    p.add_argument("--batch_size", type=int, default=1, help="images per batch (batches hold one image size)")
+    p.add_argument("--batch_size", type=positive_int, default=1, help="images per batch (batches hold one image size)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--limit", type=limit, default=None, help="only the first N images of the split")
     p.add_argument("--shard", type=shard, default=None, metavar="I/N",
                    help="do shard I of N (combined with torchrun's RANK/WORLD_SIZE when set)")
     p.add_argument("--seed", type=int, default=0, help="random seed; each image draws from its own generator, seeded from this and its id")
     p.add_argument("--out", "--save_path", dest="save_path", default="./augmented_data",
                    help="output folder (--save_path: the paper's name for it)")
-    p.add_argument("--max_failures", type=int, default=0,
+    p.add_argument("--max_failures", type=non_negative_int, default=0,
                    help="unreadable images tolerated before the exit status is 1")
     p.add_argument("--force_unlock", action="store_true",
                    help="take over a shard's lock held by another machine (only when that process is gone)")
@@ -124,14 +135,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_args_with_config(parser, argv, "meta_aafg")
     if isinstance(args.models, list | tuple):
         args.models = ",".join(args.models)
-    if args.batch_size < 1 or args.meta_steps < 1 or args.inner_steps < 1:
-        raise ValueError("--batch_size, --meta_steps and --inner_steps must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit {args.limit}: give at least 1 image (leave it out for all)")
-    for flag in ("epsilon", "alpha_in", "alpha_out"):
-        value = getattr(args, flag)
-        if value is not None and not value > 0:
-            raise ValueError(f"--{flag} {value:g}: a step size must be above 0")
     return args
 
 

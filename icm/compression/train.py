@@ -36,7 +36,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from icm.cli import exit_on_user_error, key_value, refuse_existing_run, resolve_device, resume_file
+from icm.cli import (
+    exit_on_user_error,
+    key_value,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    probability,
+    refuse_existing_run,
+    resolve_device,
+    resume_file,
+)
 from icm.codec import (
     QUALITY_LAMBDAS,
     build_codec,
@@ -95,20 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset", required=True,
                       help="stage-one output folder (manifest.jsonl + images/) or a plain image folder")
     data.add_argument("--val_dataset", help="separate validation folder (overrides --val_fraction)")
-    data.add_argument("--val_fraction", type=float, default=0.05,
+    data.add_argument("--val_fraction", type=probability, default=0.05,
                       help="share of --dataset held out for validation")
-    data.add_argument("--patch_size", type=int, default=256, help="square training crop (pads smaller images)")
-    data.add_argument("--batch_size", type=int, default=16, help="batch size per process")
-    data.add_argument("--val_batch_size", type=int, default=None, help="validation batch size (None: --batch_size)")
-    data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes")
-    data.add_argument("--max_unreadable_fraction", type=float, default=0.01,
+    data.add_argument("--patch_size", type=positive_int, default=256, help="square training crop (pads smaller images)")
+    data.add_argument("--batch_size", type=positive_int, default=16, help="batch size per process")
+    data.add_argument("--val_batch_size", type=positive_int, default=None, help="validation batch size (None: --batch_size)")
+    data.add_argument("--num_workers", type=non_negative_int, default=4, help="data loader worker processes")
+    data.add_argument("--max_unreadable_fraction", type=probability, default=0.01,
                       help="skip unreadable image pairs (warning once per epoch) up to this share of a "
                            "dataset; beyond it, stop")
 
     model = p.add_argument_group("model")
     model.add_argument("--backbone", default="bmshj2018",
                        help="CompressAI zoo name or alias (bmshj2018 = bmshj2018-hyperprior)")
-    model.add_argument("--quality", type=int, default=3, help="zoo quality 1..8: weights and default lambda")
+    model.add_argument("--quality", type=positive_int, default=3, help="zoo quality 1..8: weights and default lambda")
     model.add_argument("--metric", choices=sorted(QUALITY_LAMBDAS), default="mse", help="distortion term")
     model.add_argument("--pretrained", action="store_const", const=True, default=None,
                        help="start from the zoo weights (default: yes, unless --checkpoint/--resume/--N/--M)")
@@ -119,26 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue a run exactly, with its settings (lambda, beta, metric, quality, "
                             "architecture, seed, batch and patch size, lr) and in its folder: PATH is its "
                             "last.pth.tar or its folder; alone, the run in --out")
-    model.add_argument("--N", type=int, default=None, help="channels N of a from-scratch codec")
-    model.add_argument("--M", type=int, default=None, help="latent channels M of a from-scratch codec")
+    model.add_argument("--N", type=positive_int, default=None, help="channels N of a from-scratch codec")
+    model.add_argument("--M", type=positive_int, default=None, help="latent channels M of a from-scratch codec")
     model.add_argument("--arch_kwargs", type=key_value, nargs="*", default=[], metavar="NAME=INT",
                        help="other integer constructor arguments of a from-scratch codec")
 
     train = p.add_argument_group("training")
-    train.add_argument("--lambda", dest="lmbda", type=float, default=None,
+    train.add_argument("--lambda", dest="lmbda", type=positive_number, default=None,
                        help="rate-distortion weight (None: CompressAI's value for --quality/--metric)")
-    train.add_argument("--beta", type=float, default=1.0,
+    train.add_argument("--beta", type=non_negative_number, default=1.0,
                        help="target = (1-beta)*original + beta*augmented; 0 is the plain fine-tuning control; "
                        "above 1 it extrapolates past the augmented image (clipped to [0, 1])")
-    train.add_argument("--lr", type=float, default=1e-4, help="learning rate of the codec")
-    train.add_argument("--aux_lr", type=float, default=1e-3, help="learning rate of the quantiles (aux loss)")
-    train.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    train.add_argument("--lr", type=positive_number, default=1e-4, help="learning rate of the codec")
+    train.add_argument("--aux_lr", type=positive_number, default=1e-3, help="learning rate of the quantiles (aux loss)")
+    train.add_argument("--clip_max_norm", type=non_negative_number, default=1.0, help="gradient clipping (0: off)")
     train.add_argument("--scheduler", choices=("plateau", "cosine", "none"), default="plateau",
                        help="plateau: ReduceLROnPlateau on the validation loss once per epoch, as CompressAI; "
                        "cosine: from --lr down to 1%% of it at --max_steps, stepped every step (a resume with "
                        "another --max_steps continues on that one's curve)")
-    train.add_argument("--epochs", type=int, default=100, help="epochs to train")
-    train.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
+    train.add_argument("--epochs", type=positive_int, default=100, help="epochs to train")
+    train.add_argument("--max_steps", type=non_negative_int, default=0, help="stop after this many steps in all (0: no limit)")
     train.add_argument("--seed", type=int, default=0, help="seed of weights, crops, data order and noise")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
@@ -146,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", "--save_dir", dest="save_dir", default=None,
                      help="output folder, also --save_dir (None: the --resume checkpoint's folder, else "
                           "Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
-    out.add_argument("--log_every", type=int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
-    out.add_argument("--save_every", type=int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
+    out.add_argument("--log_every", type=positive_int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
+    out.add_argument("--save_every", type=non_negative_int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
     out.add_argument("--overwrite", action="store_true",
                      help="start a new run in --out even if it holds one (its checkpoints and log are replaced)")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -254,13 +265,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--pretrained conflicts with --checkpoint/--resume (they bring their own weights)")
     if args.pretrained and (args.N or args.M or args.arch_kwargs):
         raise ValueError("--pretrained zoo weights exist only for the zoo sizes: drop --N/--M/--arch_kwargs")
-    for flag in ("patch_size", "batch_size", "epochs", "log_every"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be at least 1")
-    if not 0.0 <= args.max_unreadable_fraction <= 1.0:
-        raise ValueError("--max_unreadable_fraction must lie in [0, 1]")
-    if args.max_steps < 0:
-        raise ValueError(f"--max_steps {args.max_steps}: give at least 1 (0: no limit)")
     if args.scheduler == "cosine" and args.max_steps < 1:
         raise ValueError("--scheduler cosine decays over --max_steps: give --max_steps")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from compressai.ops import compute_padding
 
-from icm.cli import exit_on_user_error, resolve_device
+from icm.cli import exit_on_user_error, positive_int, resolve_device
 from icm.codec import (
     CompressedImage,
     bits_per_pixel,
@@ -226,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output bitstream file")
     c.add_argument("--checkpoint", default=None, help="codec checkpoint (else a zoo codec: --backbone, --quality)")
     c.add_argument("--backbone", default=None, help="CompressAI zoo model, e.g. bmshj2018-hyperprior")
-    c.add_argument("--quality", type=int, default=None, help="zoo quality 1..8")
+    c.add_argument("--quality", type=positive_int, default=None, help="zoo quality 1..8")
     c.add_argument("--metric", choices=["mse", "ms-ssim"], default="mse", help="zoo training metric")
     d = sub.add_parser("decompress", help=".bin -> image", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("bitstream", help="input bitstream file")
     d.add_argument("-o", "--output", required=True, help="output image (PNG keeps it lossless)")
     d.add_argument("--checkpoint", default=None, help="the checkpoint the file was encoded with (if not zoo)")
-    d.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    d.add_argument("--max_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help="largest image (height x width) a file may announce; checked before decoding")
     return p
 

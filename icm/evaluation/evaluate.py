@@ -37,7 +37,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device
+from icm.cli import (
+    detector_weights,
+    exit_on_user_error,
+    key_value,
+    limit,
+    non_negative_int,
+    positive_int,
+    resolve_device,
+)
 from icm.config import parse_args_with_config, save_run_config
 from icm.io import read_json
 
@@ -60,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="dataset split; None: the config's 'val' split (VOC: 2007 test)")
     p.add_argument("--codecs", nargs="+", default=["none"],
                    help="none | jpeg[=Q,..] | webp[=Q,..] | ZOO_NAME[=Q,..] | CHECKPOINT | LABEL=CKPT[,CKPT..]")
-    p.add_argument("--qualities", nargs="+", type=int, default=DEFAULT_ZOO_QUALITIES,
+    p.add_argument("--qualities", nargs="+", type=positive_int, default=DEFAULT_ZOO_QUALITIES,
                    help="qualities (1..8) of zoo codecs given without =Q")
-    p.add_argument("--pillow_qualities", nargs="+", type=int, default=DEFAULT_PILLOW_QUALITIES,
+    p.add_argument("--pillow_qualities", nargs="+", type=non_negative_int, default=DEFAULT_PILLOW_QUALITIES,
                    help="qualities (0..100) of jpeg/webp given without =Q")
     p.add_argument("--metric", choices=["mse", "ms-ssim"], default="mse", help="zoo codecs' training metric")
     p.add_argument("--backbone", default=None,
@@ -82,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate of learned codecs from the likelihoods (labelled 'estimated bpp') "
                    "instead of real bitstreams")
     p.add_argument("--out", default="results", help="results folder")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--limit", type=limit, default=None, help="evaluate the first N images only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch_size", type=int, default=8, help="decoded images per detector batch")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="decoded images per detector batch")
     p.add_argument("--overwrite", action="store_true", help="re-evaluate finished (codec, quality) results")
     p.add_argument("--seed", type=int, default=0, help="seed of torch's global generator, set before any work (the codecs and detectors here draw nothing at test time)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or per-point lines")
@@ -101,10 +109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.detectors = list(dict.fromkeys(args.seen_detectors + args.unseen_detectors))
     args.detectors = split_names(args.detectors)
     args.weights = detector_weights(args.weights)
-    if args.batch_size < 1:
-        raise ValueError("--batch_size must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError("--limit must be at least 1")
     return args
 
 

@@ -48,7 +48,7 @@ from icm.ap_bootstrap import (
     maps_from_matches,
     percentile_interval,
 )
-from icm.cli import exit_on_user_error
+from icm.cli import exit_on_user_error, non_negative_int
 from icm.config import parse_args_with_config
 from icm.evaluation.bd_rate import (
     DEFAULT_METHOD,
@@ -508,19 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot_protocols", nargs="*", default=list(PLOT_PROTOCOLS), choices=PROTOCOLS,
                    help="detection protocols to plot (when present); rate_psnr.png is always drawn")
     p.add_argument("--no_plots", action="store_true", help="tables only")
-    p.add_argument("--bootstrap", type=_resample_count, default=DEFAULT_RESAMPLES, metavar="N",
+    p.add_argument("--bootstrap", type=non_negative_int, default=DEFAULT_RESAMPLES, metavar="N",
                    help=f"resamples of the paired bootstrap over images behind the {CONFIDENCE:.0%}% intervals "
                    "of every BD-rate and BD-quality (needs evaluate.py's OUT/points/*.matches.npz); 0: no "
                    "intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's image draws")
     return p
-
-
-def _resample_count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: expected 0 (off) or a positive number of resamples")
-    return value
 
 
 def make_tables(paths: list[str | Path], out_dir: str | Path, img_dir: str | Path | None = None,

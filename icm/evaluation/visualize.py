@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from icm.cli import detector_weights, exit_on_user_error, key_value, resolve_device
+from icm.cli import (
+    detector_weights,
+    exit_on_user_error,
+    key_value,
+    positive_int,
+    positive_number,
+    probability,
+    resolve_device,
+)
 from icm.config import parse_args_with_config
 from icm.io import atomic_path, read_image_tensor
 from icm.manifest import linf_8bit, read_manifest_pairs
@@ -61,21 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector names whose boxes are drawn (e.g. the seen ones and one unseen); required")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="local weights of a detector (repeatable); others use their default weights")
-    p.add_argument("--num_images", type=int, default=4, help="rows: the first N images of the manifest")
+    p.add_argument("--num_images", type=positive_int, default=4, help="rows: the first N images of the manifest")
     p.add_argument("--ids", nargs="*", default=None, help="draw these image ids instead of the first N")
-    p.add_argument("--amplify", type=float, default=10.0,
+    p.add_argument("--amplify", type=positive_number, default=10.0,
                    help="the perturbation panel shows 0.5 + amplify * (augmented - original)")
-    p.add_argument("--score_threshold", type=float, default=0.5, help="boxes below this score are not drawn")
+    p.add_argument("--score_threshold", type=probability, default=0.5, help="boxes below this score are not drawn")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", default="visual.png", help="the PNG to write")
-    p.add_argument("--dpi", type=int, default=110, help="resolution of the PNG")
+    p.add_argument("--dpi", type=positive_int, default=110, help="resolution of the PNG")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_args_with_config(build_parser(), argv, "visualize")
-    if args.num_images < 1:
-        raise ValueError("--num_images must be at least 1")
     if not args.detectors:
         raise ValueError("--detectors: name at least one detector (or give them in the config's visualize: section)")
     return args
