@@ -14,12 +14,15 @@ level. Flags given on the command line win over both::
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
+import math
 import os
 import platform
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +170,49 @@ def _typed(kind: Any, value: Any) -> Any:
         return kind(value)
     # A validating type (icm.cli.positive_int, ...) sees the number as the command line gives it.
     return kind(str(value)) if isinstance(value, (int, float)) and callable(kind) and kind is not bool else value
+
+
+def command_line_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """Destinations of the flags given on the command line ``argv``, whatever their value."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(probe.parse_known_args(list(argv or []))[0]))
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace) -> set[str]:
+    """Destinations of the flags the user set: on the command line ``argv`` or by ``--config``
+    (a value other than the parser's own default)."""
+    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    return command_line_flags(parser, argv) | {k for k, default in defaults.items() if getattr(args, k, default) != default}
+
+
+def keep_run_settings(asked: dict[str, Any], stored: dict[str, Any], defining: Iterable[str], explicit: set[str],
+                      source: str | Path, flag_names: dict[str, str] | None = None,
+                      same: Callable[[str, Any, Any], bool] | None = None,
+                      new_run: str = "start a new run with the new settings") -> dict[str, Any]:
+    """The settings of a resumed run, by the rule both trainers follow: every ``defining``
+    setting (how the run optimises: model, loss, data sampling, optimiser, seed) is taken from
+    ``stored`` (the checkpoint at ``source``); the others (its length, logging, workers,
+    device, paths) come from ``asked``. A defining setting the user set explicitly
+    (``explicit``) to another value is a one-line ValueError naming the flag and the file.
+    ``same(key, asked, stored)`` compares values (default: equal, or close floats);
+    ``new_run`` ends the message: how to start a run with other settings instead."""
+    kept = dict(asked)
+    for key in defining:
+        if key not in stored:
+            continue
+        given, value = to_plain(asked.get(key)), to_plain(stored[key])
+        if key in explicit and not (same(key, given, value) if same else _same_value(given, value)):
+            flag = (flag_names or {}).get(key, f"--{key}")
+            raise ValueError(f"{flag} {given} disagrees with {source}, which was trained with {value}: drop the flag "
+                             f"to resume, or {new_run}")
+        kept[key] = stored[key]
+    return kept
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b))
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:

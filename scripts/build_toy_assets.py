@@ -274,7 +274,7 @@ def train_stage(name: str, args: argparse.Namespace, stage_dir: Path, plan: dict
         return
     cmd = train_detector_cmd(name, args, stage_dir, plan["batch_size"], plan["steps"], val_every=plan["val_every"],
                              init=plan.get("init"), lr=plan.get("lr"), recipe=plan.get("recipe"))
-    resume = (stage_dir / "resume.pt").is_file()
+    resume = (stage_dir / "last.pt").is_file()
     log(f"{name}: {'resuming' if resume else 'training'} {plan['steps']} steps at batch {plan['batch_size']}"
         f"{' from ' + plan['init'] if plan.get('init') else ''} (log {stage_dir / 'train.log'})")
     run_logged(cmd + (["--resume"] if resume else []), stage_dir / "train.log", args.threads, stage_dir / PID_FILE)

@@ -8,8 +8,10 @@
 dataset's classes; ``default`` or a PATH fine-tunes pretrained weights (a COCO head keeps its
 80 classes and is trained through the class map; ``--new_head`` gives it the dataset's
 classes instead; one of our checkpoints continues with its own head). Outputs in ``--out``:
-``last.pt``, ``best.pt`` (detector checkpoints, ``icm.detectors.load_detector``),
-``resume.pt``, ``log.jsonl``, ``config.yaml``, ``environment.yaml``, ``summary.json``.
+``last.pt`` (fp32, with everything ``--resume`` needs), ``best.pt`` (fp16: what is shipped;
+both load through ``icm.detectors.load_detector``), ``log.jsonl``, ``config.yaml``,
+``environment.yaml``, ``summary.json``: the layout of stage two's trainer, whose ``--resume``
+and settings rule it shares (a resumed run keeps how it optimises; its length may change).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from icm.cli import (
     resolve_device,
     resume_file,
 )
-from icm.config import parse_args_with_config, save_run_config
+from icm.config import explicit_flags, parse_args_with_config, save_run_config
 from icm.data import load_dataset
 from icm.detectors import Detector, available, build_detector, read_detector_checkpoint
-from icm.detectors.training import RESUME_FILE, TrainSettings, train_detector
+from icm.detectors.training import LAST_CHECKPOINT, TrainSettings, train_detector
 from icm.io import atomic_write_json
 
 
@@ -75,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "scripts/build_toy_assets.py makes them for the toy detectors); the rest stays random")
     p.add_argument("--out", default="runs/detector", help="output folder")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                   help="continue a run exactly, in its folder: PATH is its resume.pt or its folder; alone, "
-                   "the run in --out")
+                   help="continue a run exactly, in its folder: PATH is its last.pt or its folder; alone, "
+                   "the run in --out. Its settings are kept; only --max_steps, --epochs, --num_workers, "
+                   "--log_every, --val_every and --checkpoint_every may change")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in --out even if it holds one (its checkpoints and log are replaced)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -106,17 +109,18 @@ def build_for_training(name: str, classes: list[str], weights: str, new_head: bo
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args_with_config(build_parser(), argv, "train_detector")
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv, "train_detector")
     if not args.model:
         raise ValueError(f"--model is required; available: {', '.join(available())}")
     out = Path(args.out)
     if args.resume is not None:
-        out = resume_file(args.resume, args.out, RESUME_FILE).parent
+        out = resume_file(args.resume, args.out, LAST_CHECKPOINT).parent
     elif args.overwrite:
-        for name in (RESUME_FILE, "log.jsonl"):
+        for name in (LAST_CHECKPOINT, "best.pt", "log.jsonl"):
             (out / name).unlink(missing_ok=True)
     else:
-        refuse_existing_run(out, (RESUME_FILE,), out)
+        refuse_existing_run(out, (LAST_CHECKPOINT, "best.pt", "log.jsonl"), out)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     train_set = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         card_extra={"weights_init": args.weights, "split": args.split, "val_split": args.val_split,
                     "init_backbone": None if backbone_card is None else {"path": args.init_backbone, **backbone_card}},
         progress=not args.no_progress, pretrained=args.weights.lower() != "none",
+        explicit=explicit_flags(parser, argv, args),
     )
     losses = summary.pop("losses")
     summary["first_loss"], summary["last_loss"] = (losses[0], losses[-1]) if losses else (None, None)

@@ -42,8 +42,9 @@ def test_main_trains_checkpoints_logs_and_resumes(toy8, tmp_path):
     common = ["--model", "toy_centernet", "--dataset", "toy", "--data_root", str(toy8),
               "--batch_size", "4", "--out", str(out), "--log_every", "1", "--no_progress"]
     assert main([*common, "--max_steps", "3"]) == 0
-    for name in ("last.pt", "best.pt", "resume.pt", "log.jsonl", "config.yaml", "environment.yaml", "summary.json"):
+    for name in ("last.pt", "best.pt", "log.jsonl", "config.yaml", "environment.yaml", "summary.json"):
         assert (out / name).is_file(), name
+    assert not (out / "resume.pt").exists()  # the resume state lives in last.pt, as in stage two
     log = read_jsonl(out / "log.jsonl")
     steps = [r["step"] for r in log if "loss" in r]
     assert steps == [1, 2, 3] and all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in log if "loss" in r)
@@ -51,9 +52,11 @@ def test_main_trains_checkpoints_logs_and_resumes(toy8, tmp_path):
     assert [r["step"] for r in vals] == [2, 3] and all(0 <= r["val_map50"] <= 1 for r in vals)  # epoch = 2 steps
     assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "toy_centernet"
 
-    state = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
-    assert state["step"] == 3
     checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["step"] == 3 and "optimizer" in checkpoint and "rng" in checkpoint
+    assert all(v.dtype != torch.float16 for v in checkpoint["state_dict"].values())  # fp32: an exact resume
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert "optimizer" not in best and any(v.dtype == torch.float16 for v in best["state_dict"].values())
     card = checkpoint["card"]
     assert card["steps"] == 3 and card["architecture"] == "toy_centernet" and card["classes"] == TOY_CLASSES
     assert "git_commit" in card and card["val_map50"] == vals[-1]["val_map50"]
@@ -69,12 +72,12 @@ def test_main_trains_checkpoints_logs_and_resumes(toy8, tmp_path):
     assert main([*common, "--max_steps", "4", "--resume"]) == 0
     steps = [r["step"] for r in read_jsonl(out / "log.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
-    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 4
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 4
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
     # --resume PATH (the folder, as in stage two) continues it from anywhere; --overwrite starts anew.
     other = [a for a in common if a not in ("--out", str(out))]
     assert main([*other, "--max_steps", "5", "--resume", str(out)]) == 0
-    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 5
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
     assert main([*common, "--max_steps", "2", "--overwrite"]) == 0
     assert [r["step"] for r in read_jsonl(out / "log.jsonl") if "loss" in r] == [1, 2]
 
@@ -198,16 +201,28 @@ def test_resume_with_another_model_and_new_head_on_our_checkpoint_are_one_line_e
     assert "--new_head" in capsys.readouterr().err
 
 
-def test_resume_keeps_the_runs_optimiser_and_may_extend_it(toy8, tmp_path):
+def test_resume_keeps_the_runs_settings_and_may_extend_it(toy8, tmp_path, capsys):
+    """The rule of stage two's trainer: a resumed run keeps how it optimises (an explicit flag
+    that disagrees is a one-line error naming the file); its length may change."""
     main = _script().main
     out = tmp_path / "run"
     common = ["--model", "toy_yolov3", "--dataset", "toy", "--data_root", str(toy8), "--batch_size", "4",
               "--out", str(out), "--no_progress", "--val_split", "none"]
-    assert main([*common, "--max_steps", "2", "--optimizer", "sgd"]) == 0
-    with pytest.warns(UserWarning, match="ignored optimizer='adamw'"):
-        assert main([*common, "--max_steps", "3", "--optimizer", "adamw", "--resume"]) == 0
-    state = torch.load(out / "resume.pt", weights_only=True)
+    assert main([*common, "--max_steps", "2", "--optimizer", "sgd", "--lr", "0.01"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main([*common, "--max_steps", "3", "--optimizer", "adamw", "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"--optimizer adamw disagrees with {out / 'last.pt'}, which was trained with sgd" in err
+    assert main([*common, "--max_steps", "3", "--optimizer", "sgd", "--resume"]) == 0  # the same value is fine
+    state = torch.load(out / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["settings"]["optimizer"] == "sgd" and state["settings"]["max_steps"] == 3
+    assert state["settings"]["lr"] == pytest.approx(0.01)  # kept without being given again
+    # A shipped-style checkpoint (best.pt: weights only) is no resume point.
+    (out / "last.pt").write_bytes((out / "best.pt").read_bytes())
+    with pytest.raises(SystemExit):
+        main([*common, "--max_steps", "4", "--resume"])
+    assert "is not a resumable training checkpoint" in capsys.readouterr().err
 
 
 def test_photometric_augmentation_is_mild_deterministic_and_leaves_the_boxes():

@@ -75,7 +75,15 @@ from icm.compression.engine import (
     wrap_distributed,
 )
 from icm.compression.losses import PseudoTargetLoss
-from icm.config import REPO_ROOT, parse_args_with_config, save_run_config, to_plain
+from icm.config import (
+    REPO_ROOT,
+    command_line_flags,
+    keep_run_settings,
+    parse_args_with_config,
+    save_run_config,
+    to_plain,
+)
+from icm.config import explicit_flags as config_explicit_flags
 from icm.io import ImageReadError, append_jsonl, remove_stale_temp_files
 from icm.rng import capture_rng_state, restore_rng_state, seed_everything
 from icm.schedule import warmup_cosine
@@ -206,20 +214,9 @@ def link_latest(save_dir: Path) -> None:
     os.replace(tmp, link)
 
 
-def command_line_flags(argv: list[str]) -> set[str]:
-    """Flags given on the command line ``argv`` (whatever their value)."""
-    probe = build_parser()
-    for action in probe._actions:
-        action.default, action.required = argparse.SUPPRESS, False
-    return set(vars(probe.parse_known_args(argv)[0]))
-
-
 def explicit_flags(argv: list[str], args: argparse.Namespace) -> set[str]:
-    """Flags the user set: given on the command line (``argv``) or by ``--config`` (a value
-    other than the parser's own default)."""
-    defaults = {a.dest: a.default for a in build_parser()._actions if a.dest != "help"}
-    from_config = {k for k, default in defaults.items() if getattr(args, k, default) != default}
-    return command_line_flags(argv) | from_config
+    """Flags the user set (:func:`icm.config.explicit_flags` of this parser)."""
+    return config_explicit_flags(build_parser(), argv, args)
 
 
 def read_resume_checkpoint(path: str) -> dict:
@@ -237,22 +234,19 @@ def read_resume_checkpoint(path: str) -> dict:
 
 def resumed_args(args: argparse.Namespace, checkpoint: dict, explicit: set[str]) -> argparse.Namespace:
     """``args`` with the run-defining flags (``RESUMED_FLAGS``) taken from the checkpoint's
-    config; a flag in ``explicit`` whose value disagrees is a one-line ValueError."""
+    config, by the rule of :func:`icm.config.keep_run_settings` (an explicit flag that
+    disagrees is a one-line ValueError)."""
     stored = {**checkpoint["config"], "lmbda": checkpoint["lambda"], "beta": checkpoint["beta"]}
     options = {a.dest: a.option_strings[0] for a in build_parser()._actions if a.option_strings}
-    resumed = argparse.Namespace(**vars(args))
-    for key in RESUMED_FLAGS:
-        if key not in stored:
-            continue
-        given, kept = to_plain(getattr(args, key)), to_plain(stored[key])
+
+    def same(key: str, given, kept) -> bool:
         if key == "backbone":
             given, kept = resolve_backbone(given), resolve_backbone(kept)
-        same = given == kept or (isinstance(given, float) and isinstance(kept, float) and math.isclose(given, kept))
-        if key in explicit and not same:
-            raise ValueError(f"{options[key]} {given} disagrees with {args.resume}, which was trained with {kept}: "
-                             "drop the flag to resume, or use --checkpoint to fine-tune with new settings")
-        setattr(resumed, key, stored[key])
-    return resumed
+        return given == kept or (isinstance(given, float) and isinstance(kept, float) and math.isclose(given, kept))
+
+    kept = keep_run_settings(vars(args), stored, RESUMED_FLAGS, explicit, args.resume, options, same,
+                             new_run="use --checkpoint to fine-tune with new settings")
+    return argparse.Namespace(**kept)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -547,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``train_compression.py`` and the ``icm-train-compression`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args_with_config(build_parser(), argv, "compression")
-    if args.resume is not None and args.checkpoint and "checkpoint" not in command_line_flags(argv):
+    if args.resume is not None and args.checkpoint and "checkpoint" not in command_line_flags(build_parser(), argv):
         args.checkpoint = None  # a config's fine-tune start point: the resumed run is further along
     try:
         train(args, explicit_flags(argv, args))

@@ -7,10 +7,12 @@ The loop only uses the :class:`~icm.detectors.base.Detector` interface: ``set_tr
 horizontal flips. The data order and flips of epoch ``e`` come from a generator seeded with
 ``(seed, e)``, so a resumed run sees the same batches as an uninterrupted one.
 
-Files in the output folder: ``last.pt`` / ``best.pt`` (detector checkpoints with their card,
-:func:`icm.detectors.weights.save_detector_checkpoint`), ``resume.pt`` (model, optimiser,
-scheduler, step, RNG; loads with ``weights_only=True``), ``log.jsonl`` (one JSON line per
-logged step and per validation).
+Files in the output folder, the layout of stage two's trainer: ``last.pt`` (a detector
+checkpoint in fp32 with everything ``--resume`` needs: optimiser, scheduler, step, RNG,
+settings; it loads with ``weights_only=True`` and, like any of our checkpoints, through
+:func:`icm.detectors.load_detector`), ``best.pt`` (fp16 weights and card only, what is
+shipped), ``log.jsonl`` (one JSON line per logged step and per validation). A resumed run
+keeps its settings by the rule of :func:`icm.config.keep_run_settings`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from icm.config import git_commit
+from icm.config import git_commit, keep_run_settings
 from icm.data import DetectionDataset, DetectionImageDataset, collate_detection
 from icm.detectors.base import Detector, eval_mode
-from icm.detectors.weights import save_detector_checkpoint
-from icm.io import append_jsonl, atomic_torch_save
+from icm.detectors.weights import read_detector_checkpoint, save_detector_checkpoint
+from icm.io import append_jsonl
 from icm.rng import capture_rng_state, restore_rng_state, seed_everything
 from icm.schedule import warmup_cosine
 from icm.voc_eval import voc_map
@@ -48,8 +49,9 @@ FAMILY_DEFAULTS: dict[str, tuple[str, float, float]] = {
 }
 FALLBACK_DEFAULTS = ("adamw", 1e-3, 1e-4)
 FINETUNE_LR_FACTOR = 0.1
-RESUME_FILE = "resume.pt"
+LAST_CHECKPOINT = "last.pt"
 LOG_FILE = "log.jsonl"
+RESUME_KEYS = ("optimizer", "scheduler", "step", "best_map", "history", "rng", "settings")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class TrainSettings:
     num_workers: int = 0
     log_every: int = 10
     val_every: int = 1  # validate every this many epochs (and after the last step)
-    checkpoint_every: int = 1000  # also write last.pt / resume.pt every this many steps
+    checkpoint_every: int = 1000  # also write last.pt every this many steps
 
     def resolved(self, family: str, steps_per_epoch: int, pretrained: bool = False) -> TrainSettings:
         """A copy with every derived value filled in."""
@@ -211,15 +213,32 @@ def make_card(detector: Detector, dataset_name: str, step: int, epoch: int, val_
 RESUMABLE_CHANGES = ("max_steps", "epochs", "num_workers", "log_every", "val_every", "checkpoint_every")
 
 
-def resumed_settings(asked: TrainSettings, saved: dict[str, Any], path: Path) -> TrainSettings:
+def resumed_settings(asked: TrainSettings, saved: dict[str, Any], path: Path,
+                     explicit: set[str] | None = None) -> TrainSettings:
     """The saved run's settings, with only :data:`RESUMABLE_CHANGES` taken from ``asked``
-    (so a longer ``max_steps`` extends the run). Other differences get one warning."""
-    saved_settings = TrainSettings(**saved)
-    ignored = [f"{k}={getattr(asked, k)!r}" for k in saved
-               if k not in RESUMABLE_CHANGES and getattr(asked, k) is not None and getattr(asked, k) != saved[k]]
-    if ignored:
-        warnings.warn(f"{path}: resuming with the run's own settings; ignored {', '.join(ignored)}", stacklevel=2)
-    return replace(saved_settings, **{k: getattr(asked, k) for k in RESUMABLE_CHANGES})
+    (so a longer ``max_steps`` extends the run); a setting in ``explicit`` (None: every
+    ``asked`` value that is not the default) that disagrees with the run is a one-line error."""
+    if explicit is None:
+        default = TrainSettings()
+        explicit = {k for k, v in asdict(asked).items() if v is not None and v != getattr(default, k)}
+    defining = [k for k in saved if k not in RESUMABLE_CHANGES]
+    return TrainSettings(**keep_run_settings(asdict(asked), saved, defining, explicit, path))
+
+
+def read_resume_checkpoint(path: Path, detector: Detector) -> dict[str, Any]:
+    """``last.pt`` of a run of ``detector`` with everything ``--resume`` needs, or a one-line error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to resume from")
+    state = read_detector_checkpoint(path)
+    if state is None:
+        raise ValueError(f"{path}: not one of our detector checkpoints")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a resumable training checkpoint (lacks {', '.join(missing)}); "
+                         "fine-tune from it with --weights PATH instead")
+    if state["name"] != detector.name:
+        raise ValueError(f"{path}: a run of {state['name']!r}, not {detector.name!r}")
+    return state
 
 
 def train_detector(
@@ -233,29 +252,28 @@ def train_detector(
     card_extra: dict | None = None,
     progress: bool = True,
     pretrained: bool = False,
+    explicit: set[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``detector`` on ``train_set``, validating on ``val_set`` each epoch.
 
-    Writes ``last.pt``, ``best.pt`` (best validation mAP@0.5; the last one when there is no
-    validation set), ``resume.pt`` and ``log.jsonl`` into ``out_dir``. With ``resume`` the
-    run continues from ``resume.pt``. ``pretrained`` (fine-tuning) lowers the default
-    learning rate. Returns a summary (steps, losses, mAP history, resolved settings).
+    Writes ``last.pt`` (with the resume state), ``best.pt`` (best validation mAP@0.5; the
+    last one when there is no validation set) and ``log.jsonl`` into ``out_dir``. With
+    ``resume`` the run continues from ``last.pt``, keeping its settings except the ones it
+    may change; ``explicit``: the settings the user set (see :func:`resumed_settings`).
+    ``pretrained`` (fine-tuning) lowers the default learning rate. Returns a summary (steps,
+    losses, mAP history, resolved settings).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
         raise ValueError(f"training set {train_set.name!r} is empty")
-    resume_path = out_dir / RESUME_FILE
+    resume_path = out_dir / LAST_CHECKPOINT
     state = None
     if resume:
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"{resume_path}: nothing to resume from")
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state.get("detector", detector.name) != detector.name:
-            raise ValueError(f"{resume_path}: a run of {state['detector']!r}, not {detector.name!r}")
-        settings = resumed_settings(settings, state["settings"], resume_path)
+        state = read_resume_checkpoint(resume_path, detector)
+        settings = resumed_settings(settings, state["settings"], resume_path, explicit)
     elif resume_path.exists():
-        raise ValueError(f"{out_dir} already holds a training run ({RESUME_FILE}); pass --resume or choose another --out")
+        raise ValueError(f"{out_dir} already holds a training run ({LAST_CHECKPOINT}); pass --resume or choose another --out")
     steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
     settings = settings.resolved(detector.family, steps_per_epoch, pretrained)
     detector.to(device).set_trainable(True)
@@ -265,7 +283,7 @@ def train_detector(
 
     if state is not None:
         try:
-            detector.load_state_dict(state["model"])
+            detector.load_state_dict(state["state_dict"])
         except RuntimeError as e:
             raise ValueError(f"{resume_path}: parameters do not fit {detector.name!r} ({str(e).splitlines()[0]})") from e
         optimizer.load_state_dict(state["optimizer"])
@@ -278,14 +296,13 @@ def train_detector(
     def save(name: str, val_map50: float | None) -> None:
         card = make_card(detector, train_set.name, step, step / steps_per_epoch, val_map50,
                          {"settings": asdict(settings), **(card_extra or {})})
-        save_detector_checkpoint(out_dir / name, detector, card)
-
-    def save_resume() -> None:
-        atomic_torch_save(resume_path, {
-            "detector": detector.name, "model": detector.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "best_map": best_map,
-            "history": history, "rng": capture_rng_state(), "settings": asdict(settings),
-        })
+        if name != LAST_CHECKPOINT:
+            save_detector_checkpoint(out_dir / name, detector, card)
+            return
+        resume_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "best_map": best_map, "history": history, "rng": capture_rng_state(),
+                        "settings": asdict(settings)}
+        save_detector_checkpoint(out_dir / name, detector, card, half=False, extra=resume_state)
 
     images = DetectionImageDataset(train_set)
     log_path = out_dir / LOG_FILE
@@ -327,14 +344,12 @@ def train_detector(
                 history.append(record)
                 append_jsonl(log_path, record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", map50="-" if val_map50 is None else f"{val_map50:.3f}")
-                save("last.pt", val_map50)
                 if val_map50 is None or val_map50 > best_map:
                     best_map = -1.0 if val_map50 is None else val_map50
                     save("best.pt", val_map50)
-                save_resume()
+                save(LAST_CHECKPOINT, val_map50)  # after best_map moved: a resume starts from this state
             elif step % settings.checkpoint_every == 0:
-                save("last.pt", None)
-                save_resume()
+                save(LAST_CHECKPOINT, None)
             if step >= settings.max_steps:
                 break
     bar.close()

@@ -72,11 +72,13 @@ def read_detector_checkpoint(path: str | os.PathLike) -> dict | None:
 
 
 def save_detector_checkpoint(
-    path: str | os.PathLike, detector: torch.nn.Module, card: dict | None = None, half: bool = True
+    path: str | os.PathLike, detector: torch.nn.Module, card: dict | None = None, half: bool = True,
+    extra: dict | None = None,
 ) -> None:
     """Write ``detector`` (a built :class:`~icm.detectors.base.Detector`) as our checkpoint,
     atomically. ``card`` is free-form plain data (training data, steps, mAP ...); ``half``
-    stores floating tensors in fp16 (they load back into fp32 parameters)."""
+    stores floating tensors in fp16 (they load back into fp32 parameters); ``extra``: more
+    top-level entries (a trainer's resume state), which readers of the weights ignore."""
     state = {
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu()
         for k, v in detector.state_dict().items()
@@ -93,4 +95,7 @@ def save_detector_checkpoint(
         "state_sha256": tensors_sha256(state),
         "card": dict(card or {}),
     }
-    atomic_torch_save(path, checkpoint)
+    clash = set(extra or {}) & set(checkpoint)
+    if clash:
+        raise ValueError(f"extra entries {sorted(clash)} would replace the checkpoint's own")
+    atomic_torch_save(path, {**checkpoint, **(extra or {})})
