@@ -86,6 +86,25 @@ def test_named_voc_and_coco_with_root_and_overrides(tmp_path):
     assert coco.classes == ["person", "car", "dog"] and len(coco) == 3
 
 
+def test_a_data_root_is_read_by_its_layout_whatever_the_name_says(tmp_path, toy_root):
+    coco_root = tmp_path / "coco"
+    shutil.copytree(FIXTURES / "coco" / "images", coco_root / "val2017")
+    (coco_root / "annotations").mkdir()
+    shutil.copy(FIXTURES / "coco" / "instances.json", coco_root / "annotations" / "instances_val2017.json")
+    assert [icm.data.detect_layout(p) for p in (toy_root, FIXTURES / "VOCdevkit", coco_root, FIXTURES / "oid", tmp_path / "no")] \
+        == ["toy", "voc", "coco", "oid", None]
+    # --dataset toy would otherwise try to generate a toy set into the COCO folder.
+    with pytest.warns(UserWarning, match="has the layout of a coco set: read as --dataset coco, not toy"):
+        coco = load_dataset("toy", split="val", root=coco_root)
+    assert coco.classes == ["person", "car", "dog"] and len(coco) == 3
+    assert not (coco_root / "toy.json").exists()
+    with pytest.warns(UserWarning, match="layout of a toy set"):
+        toy = load_dataset("voc", split="train", root=toy_root)
+    assert len(toy) == 6 and toy[0].id == "train_00000"
+    with pytest.warns(UserWarning, match="layout of a voc set"), pytest.raises(ConfigError, match="no split 'nope'"):
+        load_dataset("coco", split="nope", root=FIXTURES / "VOCdevkit")
+
+
 def test_yaml_path_for_an_oid_layout(tmp_path):
     config = {
         "format": "oid",

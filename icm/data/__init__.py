@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,10 +116,17 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
     fmt = config.get("format")
     if fmt not in READERS:
         raise ConfigError(f"{config_path}: 'format' must be one of {sorted(READERS)}, got {fmt!r}")
+    given_root = root is not None
     if root is None:
         root = Path(config.get("root", ""))
         root = root if root.is_absolute() else data_dir() / root
     root = Path(root)
+    if given_root:  # --data_root is read by its layout, whatever the name says
+        layout = detect_layout(root)
+        if layout is not None and layout != config_path.stem and config_path.parent == CONFIG_DIR / "datasets":
+            warnings.warn(f"{root} has the layout of a {layout} set: read as --dataset {layout}, not "
+                          f"{config_path.stem}", stacklevel=3)
+            return _load_dataset(layout, split, root, overrides)
 
     splits = config.get("splits") or {}
     if splits and split not in splits:
@@ -145,6 +153,24 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
     if fmt in ("voc", "folder"):
         return READERS[fmt](root, **options)
     return READERS[fmt](**options)  # coco, oid: their files are options under root
+
+
+def detect_layout(root: str | os.PathLike) -> str | None:
+    """The dataset config whose layout the folder ``root`` has: ``toy`` (a toy set's record),
+    ``voc`` (``VOC2007/`` or ``VOC2012/`` with ``Annotations/``), ``coco``
+    (``annotations/instances_*.json``), ``oid`` (``class-descriptions*.csv``); None otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    if is_toy_dataset(root):
+        return "toy"
+    if any((root / year / "Annotations").is_dir() for year in ("VOC2007", "VOC2012")):
+        return "voc"
+    if any((root / "annotations").glob("instances_*.json")):
+        return "coco"
+    if any(root.glob("*class-descriptions*.csv")):
+        return "oid"
+    return None
 
 
 class DetectionImageDataset(Dataset):
