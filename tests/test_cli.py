@@ -1,4 +1,5 @@
 import argparse
+import os
 
 import pytest
 import torch
@@ -121,3 +122,47 @@ def test_an_output_path_that_is_a_file_is_one_line_in_every_stage_cli(tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and err[-1] == f"error: {taken}: is a file, not a folder", (name, err)
     assert taken.read_text().startswith("a file")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_in_every_stage_cli(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so the refusal is the operating system's error, raised
+    where the folder would be made (what a read-only mount or a foreign folder gives)."""
+    import errno
+
+    from helpers import toy_image
+
+    from icm.aafg import train as stage_one
+    from icm.compression import train as stage_two
+    from icm.data import make_toy_dataset
+    from icm.evaluation import evaluate
+    from icm.io import write_image
+
+    images = tmp_path / "images"
+    for i in range(2):
+        write_image(images / f"{i}.png", toy_image(i, 32, 32))
+    toy = make_toy_dataset(tmp_path / "toy", train=2, val=1, size=64)
+    locked = tmp_path / "read_only"
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(locked)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    out = locked / "out"
+    runs = {
+        "stage one": (stage_one.main, ["--dataset", "TOY", "--data_root", str(toy), "--models", "toy_centernet",
+                                       "--weights", "toy_centernet=none", "--meta_steps", "1", "--inner_steps", "1",
+                                       "--no_progress", "--out", str(out)]),
+        "stage two": (stage_two.main, ["--dataset", str(images), "--no_pretrained", "--N", "8", "--M", "8",
+                                       "--patch_size", "32", "--num_workers", "0", "--max_steps", "1", "--out", str(out)]),
+        "evaluation": (evaluate.main, ["--dataset", str(images), "--codecs", "none", "--no_progress", "--out", str(out)]),
+    }
+    for name, (main, argv) in runs.items():
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1].startswith(f"error: {locked}") and err[-1].endswith(": Permission denied"), (name, err)
+        assert "Traceback" not in "\n".join(err)
+    assert not locked.exists()

@@ -274,3 +274,20 @@ def test_augment_and_init_backbone_are_recorded_in_the_card(toy8, tmp_path, caps
         main([*common, "--init_backbone", str(tmp_path / "body.pt"), "--weights", str(out / "last.pt"),
               "--out", str(tmp_path / "other")])
     assert e.value.code == 2 and "--init_backbone starts from random weights" in capsys.readouterr().err
+
+
+def test_a_log_line_torn_by_a_crash_is_skipped_and_the_resumed_run_logs_on(toy8, tmp_path):
+    main = _script().main
+    out = tmp_path / "run"
+    common = ["--model", "toy_centernet", "--dataset", "toy", "--data_root", str(toy8), "--batch_size", "4",
+              "--out", str(out), "--log_every", "1", "--no_progress", "--val_split", "none"]
+    assert main([*common, "--max_steps", "2"]) == 0
+    whole = (out / "log.jsonl").read_text()
+    with (out / "log.jsonl").open("a") as f:
+        f.write('{"step": 3, "epoch": 2, "lo')  # the process died mid-append
+    assert main([*common, "--max_steps", "3", "--resume"]) == 0
+    text = (out / "log.jsonl").read_text()
+    assert text.startswith(whole) and '"lo\n{"step": 3' in text  # the next record starts a fresh line
+    with pytest.warns(UserWarning, match="torn"):
+        records = read_jsonl(out / "log.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
