@@ -193,7 +193,11 @@ def test_loads_compressai_training_checkpoint_and_bare_state_dict(tmp_path):
 def test_unreadable_checkpoint_is_one_line_error(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="bad.pth: cannot load") as info:
+    with pytest.raises(ValueError, match="bad.pth: not a PyTorch checkpoint") as info:
+        load_codec(bad, backbone="bmshj2018")
+    assert "\n" not in str(info.value)
+    bad.write_bytes(b"PK\x03\x04" + bytes(60))  # looks like torch.save's zip, is not one
+    with pytest.raises(ValueError, match="bad.pth: cannot load as a weights-only checkpoint") as info:
         load_codec(bad, backbone="bmshj2018")
     assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="missing.pth: checkpoint not found"):

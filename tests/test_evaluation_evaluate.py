@@ -105,7 +105,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         main(["--dataset", str(toy_config(tmp_path)), "--codecs", "none", f"x={fake}", "--detectors",
               "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.splitlines()[-1].startswith(f"error: {fake}: cannot load as a weights-only checkpoint (")
+    assert e.value.code == 2 and err.splitlines()[-1].startswith(f"error: {fake}: not a PyTorch checkpoint (")
     assert not (tmp_path / "o").exists()
 
 

@@ -101,6 +101,24 @@ def test_a_checkpoint_whose_tensors_changed_is_refused_by_name(tmp_path):
         load_detector(path)
 
 
+def test_a_file_that_is_no_checkpoint_is_named_by_evaluation_before_any_work(tmp_path, capsys):
+    from icm.evaluation import evaluate
+
+    text = tmp_path / "notes.pth.tar"
+    text.write_text("hello, this is a text file renamed\n")
+    junk = tmp_path / "junk.pth.tar"
+    junk.write_bytes(bytes(range(7, 107)))
+    for path in (text, junk):
+        with pytest.raises(ValueError, match=f"{path}: not a PyTorch checkpoint"):
+            codec.read_checkpoint(path)
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["--dataset", "toy", "--limit", "1", "--codecs", f"x={path}", "--no_progress",
+                           "--out", str(tmp_path / "eval")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1].startswith(f"error: {path}: not a PyTorch checkpoint"), err
+    assert not (tmp_path / "eval" / "x.json").exists()
+
+
 class _Payload:
     """A pickle that runs code when loaded (it writes a marker file)."""
 
