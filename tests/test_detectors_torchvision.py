@@ -81,6 +81,24 @@ def test_zoo_weights_give_the_library_model(name, tmp_path, monkeypatch):
     assert torch.equal(got["boxes"], expected["boxes"]) and torch.equal(got["labels"], expected["labels"])
 
 
+def test_zoo_weights_from_the_hub_cache_load_weights_only_and_hash_checked(monkeypatch):
+    """torch.hub's loader unpickles freely unless told otherwise; ours asks for both checks."""
+    import torchvision.models._api as tv_api
+
+    from icm.detectors.torchvision_family import _zoo_state_dict
+
+    calls = []
+
+    def fake_load(url, **kwargs):
+        calls.append((url, kwargs))
+        return {"w": torch.zeros(1)}
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", fake_load)
+    assert list(_zoo_state_dict("faster_rcnn", SPECS["faster_rcnn"], "default")) == ["w"]
+    (url, kwargs), = calls
+    assert url.endswith(".pth") and kwargs["weights_only"] is True and kwargs["check_hash"] is True
+
+
 def test_predictions_translate_coco_ids_to_voc(tmp_path):
     """COCO category ids -> VOC indices; detections of COCO classes absent from VOC dropped."""
     kwargs = {"min_size": 128, "score_thresh": 0.0, "detections_per_img": 200}

@@ -225,7 +225,7 @@ def _zoo_state_dict(name: str, spec: TorchvisionSpec, weights: str | Path) -> di
     if weights == "default":
         enum = _zoo_weights_enum(spec)
         try:
-            return enum.get_state_dict(progress=False, check_hash=True)
+            return enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
         except (OSError, RuntimeError) as e:  # URLError is an OSError
             raise weights_unavailable(name, Path(enum.url).name, enum.url, e) from e
     path = Path(weights)
