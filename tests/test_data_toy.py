@@ -139,11 +139,11 @@ def test_crash_leaves_no_half_set(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_render = toy.render_toy_image
 
-    def crash_on_third(rng, size):
+    def crash_on_third(rng, size, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated crash")
-        return real_render(rng, size)
+        return real_render(rng, size, **kwargs)
 
     monkeypatch.setattr(toy, "render_toy_image", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -182,3 +182,57 @@ def test_script_runs_standalone(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "t" / "JPEGImages" / "train_00000.png").size == (32, 32)
+
+
+def test_masks_file_holds_each_visible_shape_inside_its_box(small_toy):
+    from pycocotools import mask as mask_utils
+
+    objects = json.loads((small_toy / "objects.json").read_text())
+    for split, count in (("train", 8), ("val", 4)):
+        data = json.loads((small_toy / f"instances_{split}.json").read_text())
+        assert [c["name"] for c in data["categories"]] == TOY_CLASSES
+        assert [img["file_name"] for img in data["images"]] == [f"{split}_{i:05d}.png" for i in range(count)]
+        by_image = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        for i in range(count):
+            drawn, anns = objects[f"{split}_{i:05d}"], by_image.get(i + 1, [])
+            assert [TOY_CLASSES[a["category_id"] - 1] for a in anns] == [o["name"] for o in drawn]
+            union = np.zeros((64, 64), bool)
+            for obj, ann in zip(drawn, anns):
+                mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+                x1, y1, x2, y2 = obj["box"]
+                assert ann["bbox"] == [x1, y1, x2 - x1, y2 - y1] and ann["area"] == mask.sum() > 0
+                inside = np.zeros_like(mask)
+                inside[y1:y2, x1:x2] = True
+                assert not (mask & ~inside).any()  # inside its box
+                assert not (mask & union).any()  # visible parts never overlap
+                union |= mask
+                if obj["visible"] == 1.0:  # an uncovered shape's mask spans its whole box
+                    rows, cols = np.nonzero(mask)
+                    assert [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] == obj["box"]
+
+
+def test_a_set_made_without_masks_is_completed_with_only_files_added(small_toy, tmp_path):
+    import shutil
+
+    from icm.data import load_dataset
+    from icm.data.toy import complete_toy_masks
+
+    old = tmp_path / "old"
+    shutil.copytree(small_toy, old)
+    for split in ("train", "val"):
+        (old / f"instances_{split}.json").unlink()
+    before = _tree_hash(old)
+    dataset = load_dataset("toy", split="val", root=old)  # completes the set on first use
+    assert dataset.mask_file == old / "instances_val.json"
+    for split in ("train", "val"):
+        assert (old / f"instances_{split}.json").read_bytes() == (small_toy / f"instances_{split}.json").read_bytes()
+        (old / f"instances_{split}.json").unlink()
+    assert _tree_hash(old) == before  # every other file kept its bytes
+    pixels = np.asarray(Image.open(old / "JPEGImages" / "val_00002.png")).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(old / "JPEGImages" / "val_00002.png")
+    with pytest.raises(ValueError, match="val_00002.png: differs from what this generator draws"):
+        complete_toy_masks(old)
+    assert not (old / "instances_val.json").exists()

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -111,3 +112,22 @@ def test_mask_ap_from_rle():
     shifted = {"boxes": [[4, 4, 20, 20]], "scores": [0.9], "labels": [0], "masks": np.roll(mask, 8, axis=2)}
     assert coco_map(gt, coco_detections([good], [1], with_masks=True), "segm")["map"] == pytest.approx(1.0)
     assert coco_map(gt, coco_detections([shifted], [1], with_masks=True), "segm")["map"] == 0.0
+
+
+def test_mask_ground_truth_is_matched_by_file_name_and_renumbered(tmp_path):
+    from icm.data import load_dataset, make_toy_dataset
+    from icm.evaluation.coco_eval import image_ids_of, mask_ground_truth_for
+
+    root = make_toy_dataset(tmp_path / "toy", train=3, val=4, size=64)
+    val = load_dataset("toy", split="val", root=root)
+    full = json.loads(val.mask_file.read_text())
+    subset = val.samples[2:4]  # two images, evaluated as ids 1, 2
+    masks = mask_ground_truth_for(full, subset, image_ids_of(val, subset), str(val.mask_file))
+    assert [(img["id"], img["file_name"]) for img in masks["images"]] == [(1, "val_00002.png"), (2, "val_00003.png")]
+    originals = {a["id"]: a for a in full["annotations"]}
+    for ann in masks["annotations"]:
+        assert ann["image_id"] == originals[ann["id"]]["image_id"] - 2 and ann["segmentation"] == originals[ann["id"]]["segmentation"]
+    assert len(masks["annotations"]) == sum(a["image_id"] in (3, 4) for a in full["annotations"])
+    train_masks = json.loads((root / "instances_train.json").read_text())
+    with pytest.raises(ValueError, match=r"instances_train.json: no entry for 2 of the 2 evaluated images \(e.g. val_00002.png\)"):
+        mask_ground_truth_for(train_masks, subset, [1, 2], str(root / "instances_train.json"))

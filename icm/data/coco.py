@@ -86,6 +86,7 @@ def read_coco(
         classes=[coco.cats[c]["name"] for c in category_ids],
         samples=samples,
         class_ids=category_ids,
+        mask_file=ann_file if any("segmentation" in a for a in data.get("annotations", [])) else None,
     )
 
 

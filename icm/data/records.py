@@ -57,12 +57,14 @@ class DetectionDataset:
 
     ``class_ids`` (optional) gives each class's identifier in the source annotations, for
     writing results in that space: the COCO category id, the Open Images label MID.
+    ``mask_file`` (optional): a COCO instances file holding the samples' instance masks.
     """
 
     name: str
     classes: list[str]
     samples: list[DetectionSample]
     class_ids: list[int | str] | None = None
+    mask_file: Path | None = None  # COCO instances file with the samples' masks (by file_name), if any
 
     def __len__(self) -> int:
         return len(self.samples)

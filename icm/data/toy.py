@@ -11,7 +11,16 @@ it), so boxes are tight and integral. The layout is a single VOC year folder::
     <root>/Annotations/<id>.xml       VOC XML, 1-based coordinates (see icm.data.voc)
     <root>/ImageSets/Main/{train,val}.txt
     <root>/objects.json               what was drawn: per id, name, box (0-based xyxy), visible
+    <root>/instances_{train,val}.json instance masks, COCO instances format (pycocotools RLE)
     <root>/toy.json                   the generation parameters; written last (completion)
+
+Instance masks are the VISIBLE part of each shape: its pixels minus those later shapes
+cover (at most :data:`MAX_OCCLUDED` of them), so each lies inside its box, which is the whole
+shape's extent. In the masks file, image ``i`` of a split has id ``i + 1`` and its
+``file_name``; category ids are 1..6 in :data:`TOY_CLASSES` order; ``bbox`` is the box
+(xywh), ``area`` the mask's pixel count. A toy set made before masks existed is completed
+on first use: every image is drawn again from its seed, checked against the stored pixels,
+and only the masks files are added (every existing file keeps its bytes).
 
 Determinism: every image has its own ``numpy`` generator seeded with (seed, split,
 index), so a split does not change when the other split's size changes, and the same
@@ -23,6 +32,7 @@ crash never leaves a half set where a complete one is expected.
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import functools
 import io
 import json
@@ -38,12 +48,13 @@ from tqdm import tqdm
 
 from icm.data.records import DetectionDataset
 from icm.data.voc import read_voc
-from icm.io import read_json
+from icm.io import atomic_write_json, read_json
 
 TOY_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 TOY_FORMAT_VERSION = 1
 MARKER_FILE = "toy.json"
 OBJECTS_FILE = "objects.json"
+MASKS_FILE = "instances_{split}.json"
 SPLITS = ("train", "val")
 
 MAX_OBJECTS = 4
@@ -119,7 +130,9 @@ def read_toy(root: str | os.PathLike, split: str = "val") -> DetectionDataset:
         raise FileNotFoundError(
             f"{root}: no complete toy set (make one with scripts/make_toy_dataset.py --out {root})"
         )
-    return read_voc(root, split, classes=TOY_CLASSES, name=f"toy_{split}")
+    dataset = read_voc(root, split, classes=TOY_CLASSES, name=f"toy_{split}")
+    masks = root / MASKS_FILE.format(split=split)
+    return dataclasses.replace(dataset, mask_file=masks) if masks.is_file() else dataset
 
 
 def _write_toy_dataset(root: Path, params: dict) -> None:
@@ -128,26 +141,33 @@ def _write_toy_dataset(root: Path, params: dict) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True)
     size = params["size"]
     drawn: dict[str, list[dict]] = {}
+    masks: dict[str, list[list[np.ndarray]]] = {split: [] for split in SPLITS}
     jobs = [(split, i) for split in SPLITS for i in range(params[split])]
     for split, i in tqdm(jobs, desc="toy images", unit="img", disable=None):
         image_id = f"{split}_{i:05d}"
-        rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
-        pixels, objects = render_toy_image(rng, size)
+        pixels, objects, visible = render_toy_image(_image_rng(params, split, i), size, with_masks=True)
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
         (root / "JPEGImages" / f"{image_id}.png").write_bytes(buf.getvalue())
         (root / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(f"{image_id}.png", size, objects))
         drawn[image_id] = objects
+        masks[split].append(visible)
     for split in SPLITS:
         ids = [f"{split}_{i:05d}\n" for i in range(params[split])]
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(ids), encoding="utf-8")
+        _write_masks(root, split, size, [drawn[f"{split}_{i:05d}"] for i in range(params[split])], masks[split])
     (root / OBJECTS_FILE).write_text(json.dumps(drawn, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     (root / MARKER_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
 
 
-def render_toy_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict]]:
+def _image_rng(params: dict, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([params["seed"], SPLITS.index(split), index])
+
+
+def render_toy_image(rng: np.random.Generator, size: int, with_masks: bool = False):
     """One image (uint8 ``[size, size, 3]``) and its objects: ``name``, ``box`` (0-based
-    xyxy, exclusive right/bottom edges) and ``visible`` (fraction not covered)."""
+    xyxy, exclusive right/bottom edges) and ``visible`` (fraction not covered); with
+    ``with_masks`` also each object's visible mask (bool ``[size, size]``), the same draws."""
     canvas = _background(rng, size)
     placed: list[dict] = []  # name, box, area, visible (its pixels not covered by later shapes)
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
@@ -174,7 +194,48 @@ def render_toy_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, l
         {"name": p["name"], "box": p["box"], "visible": round(int(p["visible"].sum()) / p["area"], 4)}
         for p in placed
     ]
+    if with_masks:
+        return pixels, objects, [p["visible"] for p in placed]
     return pixels, objects
+
+
+def _write_masks(root: Path, split: str, size: int, objects: list[list[dict]], masks: list[list[np.ndarray]]) -> None:
+    """The split's instance masks as a COCO instances file (see the module docstring)."""
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    for i, (image_objects, image_masks) in enumerate(zip(objects, masks)):
+        images.append({"id": i + 1, "file_name": f"{split}_{i:05d}.png", "width": size, "height": size})
+        for obj, mask in zip(image_objects, image_masks):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            x1, y1, x2, y2 = obj["box"]
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": TOY_CLASSES.index(obj["name"]) + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(mask.sum()), "iscrowd": 0,
+                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(TOY_CLASSES)]
+    atomic_write_json(root / MASKS_FILE.format(split=split),
+                      {"images": images, "annotations": annotations, "categories": categories})
+
+
+def complete_toy_masks(root: str | os.PathLike) -> Path:
+    """Add the masks files to a complete toy set made before they existed (module
+    docstring); a set that has them is left alone. Returns ``root``."""
+    root = Path(root)
+    params = read_json(root / MARKER_FILE)
+    missing = [split for split in SPLITS if not (root / MASKS_FILE.format(split=split)).is_file()]
+    for split in missing:
+        objects, masks = [], []
+        for i in tqdm(range(params[split]), desc=f"toy {split} masks", unit="img", disable=None):
+            image_path = root / "JPEGImages" / f"{split}_{i:05d}.png"
+            pixels, image_objects, visible = render_toy_image(_image_rng(params, split, i), params["size"], with_masks=True)
+            if not np.array_equal(np.asarray(Image.open(image_path).convert("RGB")), pixels):
+                raise ValueError(f"{image_path}: differs from what this generator draws for it, so its masks "
+                                 f"cannot be added; make the toy set again (remove {root})")
+            objects.append(image_objects)
+            masks.append(visible)
+        _write_masks(root, split, params["size"], objects, masks)
+    return root
 
 
 def _paint_shaded(rng: np.random.Generator, canvas: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -87,6 +88,25 @@ def coco_ground_truth(samples: Sequence, classes: Sequence[str],
             annotations.append(ann)
     categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, classes)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def mask_ground_truth_for(ground_truth: dict, samples: Sequence, image_ids: Sequence[int], source: str) -> dict:
+    """A COCO instances file's masks for the evaluated ``samples``: its images matched to the
+    samples by file name and renumbered to the evaluation's ``image_ids``; images not
+    evaluated are left out. A sample without an image entry is a one-line error naming
+    ``source``."""
+    by_name = {Path(s.image_path).name: image_id for s, image_id in zip(samples, image_ids)}
+    renumber = {img["id"]: by_name[img["file_name"]] for img in ground_truth.get("images", [])
+                if img.get("file_name") in by_name}
+    found = {img["file_name"] for img in ground_truth.get("images", []) if img["id"] in renumber}
+    missing = sorted(set(by_name) - found)
+    if missing:
+        raise ValueError(f"{source}: no entry for {len(missing)} of the {len(by_name)} evaluated images "
+                         f"(e.g. {missing[0]}): a masks file of another split or set?")
+    images = [{**img, "id": renumber[img["id"]]} for img in ground_truth["images"] if img["id"] in renumber]
+    annotations = [{**a, "image_id": renumber[a["image_id"]]} for a in ground_truth.get("annotations", [])
+                   if a["image_id"] in renumber]
+    return {**ground_truth, "images": images, "annotations": annotations}
 
 
 def masks_to_rle(masks) -> list[dict]:

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local weights for a detector (repeatable; PATH 'none' or 'random' = random init, for smoke "
                    "tests); others use their default weights")
     p.add_argument("--mask_annotations", default=None,
-                   help="COCO instances JSON with segmentations, for mask AP of mask_rcnn")
+                   help="COCO instances JSON with segmentations, for mask AP of detectors that predict masks (matched to the images by file name); None: the split's own masks file where the dataset has one (the toy set, COCO)")
     p.add_argument("--per_class", action="store_true", help="also report AP per class")
     p.add_argument("--estimate", action="store_true",
                    help="rate of learned codecs from the likelihoods (labelled 'estimated bpp') "
@@ -141,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         from icm.detectors import build_detector_set
 
         detectors = build_detector_set(args.detectors, args.weights, dataset.classes, str(device))
-    mask_ground_truth = read_json(args.mask_annotations) if args.mask_annotations else None
+    mask_file = args.mask_annotations or dataset.mask_file  # the flag, else the split's own masks file
+    mask_ground_truth = None
+    if mask_file and dataset.classes:
+        from icm.evaluation.coco_eval import image_ids_of, mask_ground_truth_for
+
+        mask_ground_truth = mask_ground_truth_for(read_json(mask_file), dataset.samples,
+                                                  image_ids_of(dataset, dataset.samples), str(mask_file))
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": dataset.name, "split": args.split, "data_root": args.data_root,
         "num_images": len(dataset), "limit": args.limit, "detectors": args.detectors,
         "detector_groups": groups, "weights": args.weights, "per_class": args.per_class,
-        "estimate": args.estimate, "mask_annotations": args.mask_annotations,
+        "estimate": args.estimate, "mask_annotations": None if mask_file is None else str(mask_file),
     }
     print(f"evaluating {len(specs)} codec(s) on {len(dataset)} images of {dataset.name}, "
           f"detectors {args.detectors or 'none'}, device {device}", file=sys.stderr)
