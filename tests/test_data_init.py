@@ -123,7 +123,7 @@ def test_yaml_path_for_an_oid_layout(tmp_path):
 
 def test_plain_folder_path(toy_root):
     ds = load_dataset(toy_root / "JPEGImages")
-    assert len(ds) == 9 and ds[0].id == "train_00000" and ds.classes == []
+    assert len(ds) == 12 and ds[0].id == "train_00000" and ds.classes == []  # train, val, val_shifted
 
 
 def test_missing_real_data_is_one_line_naming_the_place(tmp_path, monkeypatch):

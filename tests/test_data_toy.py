@@ -1,5 +1,6 @@
 """icm.data.toy and scripts/make_toy_dataset.py: determinism, exact read-back, atomicity."""
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -85,10 +86,10 @@ def test_boxes_are_tight_and_cover_every_drawn_pixel(monkeypatch):
     # pixels that are not grey: each box must touch them on all four edges and the boxes
     # together must cover all of them.
     monkeypatch.setattr(toy, "_background", lambda rng, size: np.full((size, size, 3), 128, np.float32))
-    monkeypatch.setattr(toy, "PIXEL_NOISE", 0.0)
+    noiseless = dataclasses.replace(toy.BASE, pixel_noise=0.0)
     n_objects = 0
     for seed in range(10):
-        pixels, objects = render_toy_image(np.random.default_rng(seed), 96)
+        pixels, objects = render_toy_image(np.random.default_rng(seed), 96, domain=noiseless)
         drawn = (pixels != 128).any(axis=2)
         covered = np.zeros_like(drawn)
         for obj in objects:
@@ -187,8 +188,9 @@ def test_script_runs_standalone(tmp_path):
 def test_masks_file_holds_each_visible_shape_inside_its_box(small_toy):
     from pycocotools import mask as mask_utils
 
-    objects = json.loads((small_toy / "objects.json").read_text())
-    for split, count in (("train", 8), ("val", 4)):
+    objects = {**json.loads((small_toy / "objects.json").read_text()),
+               **json.loads((small_toy / "objects_val_shifted.json").read_text())}
+    for split, count in (("train", 8), ("val", 4), ("val_shifted", 4)):
         data = json.loads((small_toy / f"instances_{split}.json").read_text())
         assert [c["name"] for c in data["categories"]] == TOY_CLASSES
         assert [img["file_name"] for img in data["images"]] == [f"{split}_{i:05d}.png" for i in range(count)]
@@ -217,22 +219,44 @@ def test_a_set_made_without_masks_is_completed_with_only_files_added(small_toy, 
     import shutil
 
     from icm.data import load_dataset
-    from icm.data.toy import complete_toy_masks
+    from icm.data.toy import complete_toy_set
 
     old = tmp_path / "old"
     shutil.copytree(small_toy, old)
-    for split in ("train", "val"):
-        (old / f"instances_{split}.json").unlink()
+    added = [f"instances_{split}.json" for split in ("train", "val", "val_shifted")] + ["objects_val_shifted.json"]
+    added += [f"{sub}/val_shifted_{i:05d}.{ext}" for sub, ext in (("JPEGImages", "png"), ("Annotations", "xml"))
+              for i in range(4)] + ["ImageSets/Main/val_shifted.txt"]
+    for name in added:  # a set as the generator made it before masks and val_shifted
+        (old / name).unlink()
     before = _tree_hash(old)
     dataset = load_dataset("toy", split="val", root=old)  # completes the set on first use
     assert dataset.mask_file == old / "instances_val.json"
-    for split in ("train", "val"):
-        assert (old / f"instances_{split}.json").read_bytes() == (small_toy / f"instances_{split}.json").read_bytes()
-        (old / f"instances_{split}.json").unlink()
+    for name in added:
+        assert (old / name).read_bytes() == (small_toy / name).read_bytes(), name
+        (old / name).unlink()
     assert _tree_hash(old) == before  # every other file kept its bytes
     pixels = np.asarray(Image.open(old / "JPEGImages" / "val_00002.png")).copy()
     pixels[0, 0] ^= 1
     Image.fromarray(pixels).save(old / "JPEGImages" / "val_00002.png")
     with pytest.raises(ValueError, match="val_00002.png: differs from what this generator draws"):
-        complete_toy_masks(old)
+        complete_toy_set(old)
     assert not (old / "instances_val.json").exists()
+
+
+def test_the_shifted_split_is_another_domain_of_the_same_classes(small_toy):
+    from icm.data.toy import BASE, SHIFTED
+
+    shifted = read_toy(small_toy, "val_shifted")
+    assert [s.id for s in shifted] == [f"val_shifted_{i:05d}" for i in range(4)]
+    assert shifted.classes == TOY_CLASSES and all(len(s.boxes) >= 1 for s in shifted)
+    # Same generator state, other domain: other backgrounds (textures with more fine detail),
+    # a muted palette and less spread overall.
+    stats = {}
+    for domain in (BASE, SHIFTED):
+        images = [render_toy_image(np.random.default_rng([5, i]), 64, domain=domain)[0].astype(float) for i in range(30)]
+        stats[domain.name] = (np.mean([np.abs(np.diff(x, axis=1)).mean() for x in images]),
+                              np.mean([x.std() for x in images]))
+    assert stats["shifted"][0] > 1.3 * stats["base"][0] and stats["shifted"][1] < 0.9 * stats["base"][1]
+    from icm.data import load_dataset
+
+    assert [s.id for s in load_dataset("toy", split="val_shifted", root=small_toy)] == [s.id for s in shifted]

@@ -26,7 +26,7 @@ from icm.data.coco import read_coco
 from icm.data.folder import read_image_folder
 from icm.data.oid import read_oid
 from icm.data.records import DetectionDataset, DetectionSample
-from icm.data.toy import TOY_CLASSES, complete_toy_masks, is_toy_dataset, make_toy_dataset, read_toy
+from icm.data.toy import TOY_CLASSES, complete_toy_set, is_toy_dataset, make_toy_dataset, read_toy
 from icm.data.voc import read_voc
 from icm.io import read_image_tensor
 
@@ -143,7 +143,7 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
     if fmt == "toy":
         if not is_toy_dataset(root):
             make_toy_dataset(root, **(config.get("generate") or {}))
-        complete_toy_masks(root)  # a set made before the masks files existed
+        complete_toy_set(root)  # a set made before the masks files or val_shifted existed
         return read_toy(root, **options)
     for needed in [root] + [options[k] for k in PATH_OPTIONS if isinstance(options.get(k), Path)]:
         if not needed.exists():

@@ -14,13 +14,21 @@ it), so boxes are tight and integral. The layout is a single VOC year folder::
     <root>/instances_{train,val}.json instance masks, COCO instances format (pycocotools RLE)
     <root>/toy.json                   the generation parameters; written last (completion)
 
+A third split, ``val_shifted`` (as many images as ``val``, ids ``val_shifted_00000``...),
+draws the same six classes from a second distribution: :data:`SHIFTED`, the unseen image
+domain. Its backgrounds are other texture families (checkerboards, dot fields, blocky
+noise), its shapes smaller and of a muted palette, with less contrast, uneven lighting
+and stronger pixel noise; beyond what the toy detectors' photometric augmentation covers.
+Stage one and stage two never read it. Its objects are in ``objects_val_shifted.json``.
+
 Instance masks are the VISIBLE part of each shape: its pixels minus those later shapes
 cover (at most :data:`MAX_OCCLUDED` of them), so each lies inside its box, which is the whole
 shape's extent. In the masks file, image ``i`` of a split has id ``i + 1`` and its
 ``file_name``; category ids are 1..6 in :data:`TOY_CLASSES` order; ``bbox`` is the box
 (xywh), ``area`` the mask's pixel count. A toy set made before masks existed is completed
 on first use: every image is drawn again from its seed, checked against the stored pixels,
-and only the masks files are added (every existing file keeps its bytes).
+and only the masks files are added (every existing file keeps its bytes); ``val_shifted`` is
+added to a set made before it the same way (new files only, its split list last).
 
 Determinism: every image has its own ``numpy`` generator seeded with (seed, split,
 index), so a split does not change when the other split's size changes, and the same
@@ -40,6 +48,7 @@ import math
 import os
 import shutil
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +57,7 @@ from tqdm import tqdm
 
 from icm.data.records import DetectionDataset
 from icm.data.voc import read_voc
-from icm.io import atomic_write_json, read_json
+from icm.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 TOY_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 TOY_FORMAT_VERSION = 1
@@ -56,6 +65,7 @@ MARKER_FILE = "toy.json"
 OBJECTS_FILE = "objects.json"
 MASKS_FILE = "instances_{split}.json"
 SPLITS = ("train", "val")
+SHIFTED_SPLIT = "val_shifted"
 
 MAX_OBJECTS = 4
 MAX_OCCLUDED = 0.4  # at most this fraction of a shape's pixels may be covered by later shapes
@@ -65,6 +75,25 @@ PIXEL_NOISE = 4.0  # standard deviation of the additive pixel noise, in 8-bit le
 PLACEMENT_TRIES = 30
 BACKGROUND_KINDS = ("smooth noise", "gradient", "stripes")
 
+
+@dataclass(frozen=True)
+class ToyDomain:
+    """What a toy image is drawn from (the base domain's values are the module constants)."""
+
+    name: str
+    backgrounds: tuple[str, ...] = BACKGROUND_KINDS
+    radius_range: tuple[float, float] = RADIUS_RANGE
+    min_contrast: float = MIN_CONTRAST
+    pixel_noise: float = PIXEL_NOISE
+    colour_range: tuple[float, float] = (0.0, 255.0)  # of each RGB channel of a shape's colour
+    lighting: float = 0.0  # depth of a smooth multiplicative illumination ramp (0: even light)
+
+
+BASE = ToyDomain("base")
+SHIFTED = ToyDomain("shifted", backgrounds=("checkerboard", "dots", "blocky noise"), radius_range=(0.07, 0.17),
+                    min_contrast=70.0, pixel_noise=6.0, colour_range=(30.0, 225.0), lighting=0.3)
+DOMAINS = {"base": BASE, "shifted": SHIFTED}
+
 # The toy world's ImageNet (upstream pretraining of the toy detectors' backbones): one large
 # shape on a texture, labelled with its shape, its colour (hue sector) and the texture kind.
 CLASSIFICATION_LABELS = ("shape", "hue", "background")
@@ -73,12 +102,16 @@ CLASSIFICATION_RADIUS = (0.2, 0.42)
 
 
 def make_toy_dataset(
-    out_dir: str | os.PathLike, train: int = 2000, val: int = 300, size: int = 128, seed: int = 0
+    out_dir: str | os.PathLike, train: int = 2000, val: int = 300, size: int = 128, seed: int = 0,
+    val_shifted: int | None = None,
 ) -> Path:
     """Generate the toy set into ``out_dir`` and return it.
 
     An ``out_dir`` that already holds a complete set with these parameters is returned
-    as is; one with other parameters, or any other non-empty folder, is an error.
+    as is (completed by :func:`complete_toy_set` where it lacks a newer split or file); one
+    with other parameters, or any other non-empty folder, is an error. ``val_shifted``:
+    images of the shifted domain's split (None: as many as ``val``; 0: none; a set that has
+    the split keeps its own).
     """
     out_dir = Path(out_dir)
     params = {"format_version": TOY_FORMAT_VERSION, "train": int(train), "val": int(val),
@@ -92,7 +125,7 @@ def make_toy_dataset(
     if (out_dir / MARKER_FILE).is_file():
         existing = {k: v for k, v in read_json(out_dir / MARKER_FILE).items() if k in params}
         if existing == params:
-            return out_dir
+            return complete_toy_set(out_dir, val_shifted)
         raise FileExistsError(
             f"{out_dir}: holds a toy set made with {existing}, not {params}; remove it or choose another folder"
         )
@@ -111,11 +144,11 @@ def make_toy_dataset(
             if not is_toy_dataset(out_dir):
                 raise
             # Another process finished first: use its set if it has the same parameters.
-            return make_toy_dataset(out_dir, train, val, size, seed)
+            return make_toy_dataset(out_dir, train, val, size, seed, val_shifted)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return complete_toy_set(out_dir, val_shifted)
 
 
 def is_toy_dataset(root: str | os.PathLike) -> bool:
@@ -124,7 +157,7 @@ def is_toy_dataset(root: str | os.PathLike) -> bool:
 
 
 def read_toy(root: str | os.PathLike, split: str = "val") -> DetectionDataset:
-    """Read one split (``train`` or ``val``) of a toy set made by :func:`make_toy_dataset`."""
+    """Read one split (``train``, ``val`` or ``val_shifted``) of a toy set made by :func:`make_toy_dataset`."""
     root = Path(root)
     if not is_toy_dataset(root):
         raise FileNotFoundError(
@@ -161,19 +194,21 @@ def _write_toy_dataset(root: Path, params: dict) -> None:
 
 
 def _image_rng(params: dict, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([params["seed"], SPLITS.index(split), index])
+    return np.random.default_rng([params["seed"], (*SPLITS, SHIFTED_SPLIT).index(split), index])
 
 
-def render_toy_image(rng: np.random.Generator, size: int, with_masks: bool = False):
+def render_toy_image(rng: np.random.Generator, size: int, with_masks: bool = False, domain: ToyDomain = BASE):
     """One image (uint8 ``[size, size, 3]``) and its objects: ``name``, ``box`` (0-based
     xyxy, exclusive right/bottom edges) and ``visible`` (fraction not covered); with
-    ``with_masks`` also each object's visible mask (bool ``[size, size]``), the same draws."""
-    canvas = _background(rng, size)
+    ``with_masks`` also each object's visible mask (bool ``[size, size]``), the same draws.
+    ``domain``: :data:`BASE` (the train/val images) or :data:`SHIFTED`."""
+    base_textures = domain.backgrounds == BACKGROUND_KINDS
+    canvas = _background(rng, size) if base_textures else _shifted_background(rng, size, domain)
     placed: list[dict] = []  # name, box, area, visible (its pixels not covered by later shapes)
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         for _try in range(PLACEMENT_TRIES):
             kind = TOY_CLASSES[int(rng.integers(len(TOY_CLASSES)))]
-            radius = float(rng.uniform(*RADIUS_RANGE)) * size
+            radius = float(rng.uniform(*domain.radius_range)) * size
             cx, cy = rng.uniform(radius + 1, size - 1 - radius, size=2)
             angle = float(rng.uniform(0, 2 * math.pi))
             mask = _shape_mask(kind, float(cx), float(cy), radius, angle, size)
@@ -184,11 +219,13 @@ def render_toy_image(rng: np.random.Generator, size: int, with_masks: bool = Fal
         for p in placed:
             p["visible"] = p["visible"] & ~mask
         rows, cols = np.nonzero(mask)
-        colour = _contrasting_colour(rng, canvas[rows, cols])
+        colour = _contrasting_colour(rng, canvas[rows, cols], domain)
         _paint_shaded(rng, canvas, rows, cols, colour, float(cx), float(cy), radius)
         box = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
         placed.append({"name": kind, "box": box, "area": len(rows), "visible": mask})
-    canvas += PIXEL_NOISE * rng.standard_normal(canvas.shape, dtype=np.float32)
+    if domain.lighting:
+        canvas *= _lighting(rng, size, domain.lighting)[..., None]
+    canvas += domain.pixel_noise * rng.standard_normal(canvas.shape, dtype=np.float32)
     pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     objects = [
         {"name": p["name"], "box": p["box"], "visible": round(int(p["visible"].sum()) / p["area"], 4)}
@@ -218,13 +255,17 @@ def _write_masks(root: Path, split: str, size: int, objects: list[list[dict]], m
                       {"images": images, "annotations": annotations, "categories": categories})
 
 
-def complete_toy_masks(root: str | os.PathLike) -> Path:
-    """Add the masks files to a complete toy set made before they existed (module
-    docstring); a set that has them is left alone. Returns ``root``."""
+def complete_toy_set(root: str | os.PathLike, val_shifted: int | None = None) -> Path:
+    """Add what a complete toy set made by an earlier version lacks (module docstring): the
+    masks files of train and val, and the ``val_shifted`` split of ``val_shifted`` images
+    (None: as many as the set's val split; 0: none). Existing files are never changed.
+    Returns ``root``."""
     root = Path(root)
     params = read_json(root / MARKER_FILE)
-    missing = [split for split in SPLITS if not (root / MASKS_FILE.format(split=split)).is_file()]
-    for split in missing:
+    val_shifted = params["val"] if val_shifted is None else val_shifted
+    for split in SPLITS:
+        if (root / MASKS_FILE.format(split=split)).is_file():
+            continue
         objects, masks = [], []
         for i in tqdm(range(params[split]), desc=f"toy {split} masks", unit="img", disable=None):
             image_path = root / "JPEGImages" / f"{split}_{i:05d}.png"
@@ -235,7 +276,29 @@ def complete_toy_masks(root: str | os.PathLike) -> Path:
             objects.append(image_objects)
             masks.append(visible)
         _write_masks(root, split, params["size"], objects, masks)
+    split_list = root / "ImageSets" / "Main" / f"{SHIFTED_SPLIT}.txt"
+    if val_shifted > 0 and not split_list.is_file():
+        _write_shifted_split(root, params, val_shifted)
     return root
+
+
+def _write_shifted_split(root: Path, params: dict, count: int) -> None:
+    """The ``val_shifted`` split into a complete set: every file written atomically (two
+    processes may complete one set at once), the split list last."""
+    size, drawn, masks = params["size"], {}, []
+    for i in tqdm(range(count), desc="toy val_shifted images", unit="img", disable=None):
+        image_id = f"{SHIFTED_SPLIT}_{i:05d}"
+        pixels, objects, visible = render_toy_image(_image_rng(params, SHIFTED_SPLIT, i), size, with_masks=True,
+                                                    domain=SHIFTED)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
+        atomic_write_bytes(root / "JPEGImages" / f"{image_id}.png", buf.getvalue())
+        atomic_write_bytes(root / "Annotations" / f"{image_id}.xml", _voc_xml(f"{image_id}.png", size, objects))
+        drawn[image_id] = objects
+        masks.append(visible)
+    atomic_write_text(root / f"objects_{SHIFTED_SPLIT}.json", json.dumps(drawn, indent=1, sort_keys=True) + "\n")
+    _write_masks(root, SHIFTED_SPLIT, size, list(drawn.values()), masks)
+    atomic_write_text(root / "ImageSets" / "Main" / f"{SHIFTED_SPLIT}.txt", "".join(f"{k}\n" for k in drawn))
 
 
 def _paint_shaded(rng: np.random.Generator, canvas: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -310,18 +373,54 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A random colour whose mean RGB distance to the pixels ``under`` it (``[N, 3]``) is
-    at least MIN_CONTRAST (or the best of a few tries)."""
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray, domain: ToyDomain = BASE) -> np.ndarray:
+    """A random colour of the domain's range whose mean RGB distance to the pixels ``under``
+    it (``[N, 3]``) is at least the domain's ``min_contrast`` (or the best of a few tries)."""
     best, best_distance = None, -1.0
     for _ in range(10):
-        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        colour = rng.uniform(*domain.colour_range, 3).astype(np.float32)
         distance = float(np.linalg.norm(under - colour, axis=1).mean())
         if distance > best_distance:
             best, best_distance = colour, distance
-        if distance >= MIN_CONTRAST:
+        if distance >= domain.min_contrast:
             break
     return best
+
+
+def _shifted_background(rng: np.random.Generator, size: int, domain: ToyDomain) -> np.ndarray:
+    """A float32 ``[size, size, 3]`` texture of the shifted domain: a rotated checkerboard,
+    a field of dots, or blocky noise (cells of 2-4 px)."""
+    kind = domain.backgrounds[int(rng.integers(len(domain.backgrounds)))]
+    c1, c2 = rng.uniform(40, 200, (2, 3)).astype(np.float32)
+    yy, xx = _pixel_grid(size)
+    if kind == "checkerboard":
+        cell = rng.uniform(0.05, 0.14) * size
+        angle = rng.uniform(0, math.pi / 2)
+        u = xx * math.cos(angle) + yy * math.sin(angle)
+        v = -xx * math.sin(angle) + yy * math.cos(angle)
+        t = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
+    elif kind == "dots":
+        t = np.zeros((size, size), np.float32)
+        spacing = rng.uniform(0.06, 0.12) * size
+        radius = rng.uniform(0.2, 0.4) * spacing
+        offset = rng.uniform(0, spacing, 2)
+        t[(((xx - offset[0]) % spacing - spacing / 2) ** 2 + ((yy - offset[1]) % spacing - spacing / 2) ** 2)
+          <= radius**2] = 1.0
+    else:  # blocky noise
+        block = int(rng.integers(2, 5))
+        cells = rng.uniform(0, 1, (-(-size // block),) * 2).astype(np.float32)
+        t = np.kron(cells, np.ones((block, block), np.float32))[:size, :size]
+    return c1 * (1 - t[..., None]) + c2 * t[..., None]
+
+
+def _lighting(rng: np.random.Generator, size: int, depth: float) -> np.ndarray:
+    """A float32 ``[size, size]`` illumination ramp from ``1 - depth`` to 1 in a random
+    direction (uneven light over the whole scene)."""
+    yy, xx = _pixel_grid(size)
+    angle = rng.uniform(0, 2 * math.pi)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    t = (along - along.min()) / (along.max() - along.min())
+    return (1 - depth) + depth * t
 
 
 def _shape_mask(kind: str, cx: float, cy: float, radius: float, angle: float, size: int) -> np.ndarray:
