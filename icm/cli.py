@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import json
 import math
 import os
 import sys
@@ -154,6 +156,22 @@ def refuse_existing_run(folder: Path, markers: tuple[str, ...], resume: Path) ->
     if held:
         raise ValueError(f"{folder} holds a run ({', '.join(held)}): --resume {resume} continues it, "
                          "--overwrite replaces it, or give another --out")
+
+
+def settings_run_folder(parent: Path, name: str, settings: dict) -> Path:
+    """``parent/<name>-<hash of settings>``: runs that differ in any setting never share a
+    default folder, and every process of a distributed job computes the same one."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(parent) / f"{name}-{digest}"
+
+
+def link_latest(folder: Path) -> None:
+    """Point ``<parent>/latest`` at ``folder`` (the newest run among default folders)."""
+    link = folder.parent / "latest"
+    tmp = folder.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder.name, target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def user_error_text(error: Exception) -> str:

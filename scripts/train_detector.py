@@ -25,6 +25,7 @@ import torch
 from icm.cli import (
     exit_on_user_error,
     limit,
+    link_latest,
     non_negative_int,
     non_negative_number,
     positive_int,
@@ -33,8 +34,9 @@ from icm.cli import (
     refuse_existing_run,
     resolve_device,
     resume_file,
+    settings_run_folder,
 )
-from icm.config import explicit_flags, parse_args_with_config, save_run_config
+from icm.config import REPO_ROOT, explicit_flags, parse_args_with_config, save_run_config
 from icm.data import load_dataset
 from icm.detectors import Detector, available, build_detector, read_detector_checkpoint
 from icm.detectors.training import LAST_CHECKPOINT, TrainSettings, train_detector
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init_backbone", default=None, metavar="PATH",
                    help="start the body from a pretrained backbone file (icm.detectors.pretraining; "
                    "scripts/build_toy_assets.py makes them for the toy detectors); the rest stays random")
-    p.add_argument("--out", default="runs/detector", help="output folder")
+    p.add_argument("--out", default=None,
+                   help="output folder; None: runs/detectors/<model>-<settings hash> (a folder per run, "
+                   "runs/detectors/latest points at the newest)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue a run exactly, in its folder: PATH is its last.pt or its folder; alone, "
                    "the run in --out. Its settings are kept; only --max_steps, --epochs, --num_workers, "
@@ -113,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args_with_config(parser, argv, "train_detector")
     if not args.model:
         raise ValueError(f"--model is required; available: {', '.join(available())}")
-    out = Path(args.out)
+    default_out = args.out is None
+    if default_out and args.resume is None:
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "no_progress", "overwrite")}
+        args.out = str(settings_run_folder(REPO_ROOT / "runs" / "detectors", args.model, settings))
+    out = Path(args.out) if args.out else None
     if args.resume is not None:
         out = resume_file(args.resume, args.out, LAST_CHECKPOINT).parent
     elif args.overwrite:
@@ -136,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--init_backbone starts from random weights: give --weights none")
         backbone_card = load_body(args.init_backbone, detector)
     out.mkdir(parents=True, exist_ok=True)
+    if default_out and args.resume is None:
+        link_latest(out)
     save_run_config(out, args, str(device))
     settings = TrainSettings(
         max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,

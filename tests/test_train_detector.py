@@ -291,3 +291,19 @@ def test_a_log_line_torn_by_a_crash_is_skipped_and_the_resumed_run_logs_on(toy8,
     with pytest.warns(UserWarning, match="torn"):
         records = read_jsonl(out / "log.jsonl")
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+
+
+def test_default_run_folders_are_one_per_settings_with_a_latest_link(toy8, tmp_path, monkeypatch, capsys):
+    script = _script()
+    monkeypatch.setattr(script, "REPO_ROOT", tmp_path)
+    common = ["--model", "toy_centernet", "--dataset", "toy", "--data_root", str(toy8), "--batch_size", "4",
+              "--max_steps", "1", "--no_progress", "--val_split", "none"]
+    assert script.main([*common, "--lr", "1e-3"]) == 0
+    assert script.main([*common, "--lr", "2e-3"]) == 0
+    runs = sorted(p for p in (tmp_path / "runs" / "detectors").iterdir() if p.name != "latest")
+    assert len(runs) == 2 and all(p.name.startswith("toy_centernet-") and (p / "last.pt").is_file() for p in runs)
+    latest = (tmp_path / "runs" / "detectors" / "latest").resolve()
+    assert torch.load(latest / "last.pt", weights_only=True)["settings"]["lr"] == pytest.approx(2e-3)
+    with pytest.raises(SystemExit):  # the same settings again: that run's folder, which it never replaces
+        script.main([*common, "--lr", "2e-3"])
+    assert "holds a run" in capsys.readouterr().err

@@ -23,8 +23,6 @@ them; more than ``--max_unreadable_fraction`` of a dataset unreadable stops the 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
 import sys
@@ -39,6 +37,7 @@ from tqdm import tqdm
 from icm.cli import (
     exit_on_user_error,
     key_value,
+    link_latest,
     non_negative_int,
     non_negative_number,
     positive_int,
@@ -47,6 +46,7 @@ from icm.cli import (
     refuse_existing_run,
     resolve_device,
     resume_file,
+    settings_run_folder,
 )
 from icm.codec import (
     QUALITY_LAMBDAS,
@@ -195,23 +195,13 @@ def resolve_dataset_path(path: str) -> Path:
 
 
 def default_save_dir(args: argparse.Namespace) -> Path:
-    """``Compression/checkpoints/<backbone>-q<Q>-<metric>-beta<B>-<settings hash>``: runs that
-    differ in any setting (lr, data, start point, steps ...) never share a default folder,
-    and every process of a torchrun job computes the same one."""
+    """``Compression/checkpoints/<backbone>-q<Q>-<metric>-beta<B>-<settings hash>``
+    (:func:`icm.cli.settings_run_folder`): runs that differ in any setting (lr, data, start
+    point, steps ...) never share a default folder."""
     name = f"{resolve_backbone(args.backbone)}-q{args.quality}-{args.metric}-beta{args.beta:g}"
     settings = {k: to_plain(getattr(args, k, None)) for k in (*RESUMED_FLAGS, "dataset", "val_dataset", "checkpoint",
                                                               "pretrained", "epochs", "max_steps")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return REPO_ROOT / "Compression" / "checkpoints" / f"{name}-{digest}"
-
-
-def link_latest(save_dir: Path) -> None:
-    """Point ``<parent>/latest`` at ``save_dir`` (the newest run in a default folder)."""
-    link = save_dir.parent / "latest"
-    tmp = save_dir.parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(save_dir.name, target_is_directory=True)
-    os.replace(tmp, link)
+    return settings_run_folder(REPO_ROOT / "Compression" / "checkpoints", name, settings)
 
 
 def explicit_flags(argv: list[str], args: argparse.Namespace) -> set[str]:
