@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="--runslow -k detectors"`.
 PYTEST_ARGS ?=
 
-.PHONY: help venv install test test-all lint demo toy-data figures clean
+.PHONY: help venv install test test-all lint demo toy-data figures crosscheck-oid clean
 
 help:
 	@echo "make demo      run the whole pipeline on the toy world (CPU, minutes)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make toy-data  generate the synthetic toy data set under data/toy"
 	@echo "make figures   copy the README's figures from the toy benchmark's outputs into img/"
+	@echo "make crosscheck-oid  check the Open Images metric against the TF Object Detection API"
 	@echo "make clean     remove runs/ and caches (keeps .venv and data/)"
 
 $(PY):
@@ -55,6 +56,15 @@ figures:
 	done
 	cp $(BENCH_OUT)/rate_map-voc07.png img/toy_rate_map-voc07.png
 	cp $(BENCH_OUT)/visual.png img/toy_visual.png
+
+# The Open Images challenge metric (icm/evaluation/oid_challenge.py) against the TensorFlow
+# Object Detection API's per-image matching: the registry's `object-detection` build,
+# downloaded without its dependencies (TensorFlow is not needed for that module) into
+# runs/ (never installed), then the cross-check test with it on the path.
+OD_API := runs/object_detection_api
+crosscheck-oid: $(STAMP)
+	test -d $(OD_API)/object_detection || { 	    $(PY) -m pip download --no-deps --dest $(OD_API) "object-detection==0.0.3" && 	    $(PY) -m zipfile -e $(OD_API)/object_detection-0.0.3-py3-none-any.whl $(OD_API); }
+	PYTHONPATH=$(OD_API) $(PY) -m pytest -q tests/test_oid_challenge.py -rs
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
