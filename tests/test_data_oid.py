@@ -120,3 +120,59 @@ def test_missing_listed_image_is_an_error_or_a_counted_skip(oid_copy):
                       image_ids=ids, skip_missing=True)
     assert len(caught) == 1
     assert [s.id for s in ds] == ["a1b2c3d4e5f60001"]
+
+
+def test_image_level_labels_and_hierarchy_expansion(tmp_path):
+    """Dog is an Animal here: its box is an Animal box too, and Animal verified absent in an
+    image makes Dog verified absent there as well (the challenge's expansion)."""
+    import json
+
+    classes = tmp_path / "classes.csv"
+    classes.write_text(CLASSES.read_text() + "/m/0jbk,Animal\n")
+    hierarchy = tmp_path / "hierarchy.json"
+    hierarchy.write_text(json.dumps({"LabelName": "/m/0bl9f", "Subcategory": [
+        {"LabelName": "/m/0jbk", "Subcategory": [{"LabelName": "/m/0bt9lr"}]},
+        {"LabelName": "/m/01g317"}, {"LabelName": "/m/0k4j"}]}))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\n"
+                      "a1b2c3d4e5f60001,verification,/m/0bt9lr,1\n"
+                      "a1b2c3d4e5f60002,verification,/m/0jbk,0\n"
+                      "a1b2c3d4e5f60002,verification,/m/0k4j,1\n"
+                      "a1b2c3d4e5f60003,verification,/m/unknown,1\n")
+    ds = read_oid(BOXES, classes, IMAGES, image_labels_csv=labels, hierarchy_json=hierarchy)
+    names = ds.classes
+    first, second, third = ds.samples
+    assert [names[c] for c in first.labels] == ["Dog", "Animal", "Person"]  # the Dog box again as Animal
+    np.testing.assert_array_equal(first.boxes[0], first.boxes[1])
+    assert first.group.tolist() == [False, False, True]
+    assert sorted(names[c] for c in first.verified) == ["Animal", "Dog"]  # present, expanded up
+    assert sorted(names[c] for c in second.verified) == ["Animal", "Car", "Dog"]  # Animal absent: Dog absent too
+    assert third.verified.tolist() == []
+    plain = read_oid(BOXES, classes, IMAGES)
+    assert len(plain.samples[0].labels) == 2 and plain.samples[0].verified.tolist() == []
+    labels.write_text("ImageID,LabelName\nx,y\n")
+    with pytest.raises(ValueError, match="labels.csv:1: image-level labels lack the column.s. Confidence"):
+        read_oid(BOXES, classes, IMAGES, image_labels_csv=labels)
+
+
+def test_open_images_metric_in_evaluation_over_the_classes_a_detector_can_predict(tmp_path):
+    from icm.evaluation.engine import detection_metrics
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\na1b2c3d4e5f60002,verification,/m/0k4j,0\n")
+    ds = read_oid(BOXES, CLASSES, IMAGES, image_labels_csv=labels)
+    car, dog = ds.classes.index("Car"), ds.classes.index("Dog")
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
+    third = ds.samples[2]
+    perfect_cars = [empty, {"boxes": np.array([[5.0, 5.0, 20.0, 20.0]]), "scores": np.array([0.99]),
+                            "labels": np.array([car])},  # a car in image 2, verified absent: a false positive
+                    {"boxes": third.boxes[third.labels == car], "scores": np.array([0.9] * int((third.labels == car).sum())),
+                     "labels": np.full(int((third.labels == car).sum()), car)}]
+    results, _, notes = detection_metrics(ds, {"cars": perfect_cars}, predictable={"cars": [car, dog]})
+    # Car: one box (image 3; its other row has no area), found after a false positive of
+    # higher score: precision 1/2 at recall 1 -> AP 1/2. Dog: one box (image 1), never
+    # detected: AP 0. Person is not predictable, so not averaged. The mean: 1/4.
+    assert third.labels.tolist() == [car]
+    assert results["map-oid:cars"] == pytest.approx((1 / 2 + 0) / 2)
+    note = next(n for n in notes if n.startswith("map-oid:cars"))
+    assert "over the 2 classes with boxes among the 2 it can predict: Dog, Car" in note

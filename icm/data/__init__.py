@@ -58,7 +58,7 @@ READERS: dict[str, Callable[..., DetectionDataset]] = {
     "folder": read_image_folder,
 }
 # Reader options that are paths: relative ones are taken relative to the dataset root.
-PATH_OPTIONS = ("ann_file", "image_dir", "box_csv", "class_csv", "image_ids")
+PATH_OPTIONS = ("ann_file", "image_dir", "box_csv", "class_csv", "image_ids", "image_labels_csv", "hierarchy_json")
 
 
 def data_dir() -> Path:

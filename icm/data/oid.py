@@ -5,7 +5,12 @@ Confidence, XMin, XMax, YMin, YMax, IsOccluded, IsTruncated, IsGroupOf, IsDepict
 IsInside``; coordinates are normalised to [0, 1], so each image's size is read from its
 file header (no decoding). Only ``ImageID, LabelName, XMin, XMax, YMin, YMax`` are
 required; ``IsGroupOf`` becomes the sample's ``group`` flag; the other flags and
-``Confidence`` (always 1 for human-verified boxes) are not kept. The class-descriptions
+``Confidence`` (always 1 for human-verified boxes) are not kept. For the Open Images
+metric (``icm.evaluation.oid_challenge``) two more files are read when given: the
+human-verified image-level labels (``ImageID, Source, LabelName, Confidence``; 1 present,
+0 absent; each sample's ``verified`` classes) and the class hierarchy
+(``bbox_labels_600_hierarchy.json``), by which boxes and present labels are expanded to
+their ancestors and absent labels to their descendants (among the dataset's classes). The class-descriptions
 CSV maps a label MID to its display name (``/m/0k4j,Car``), with or without a
 ``LabelName,DisplayName`` header. The official image-id file's ``Rotation`` column is not
 applied: boxes are taken as drawn on the image as stored (after EXIF orientation).
@@ -18,9 +23,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from icm.data.common import ReadReport, image_size, make_sample
 from icm.data.records import DetectionDataset
-from icm.io import list_images
+from icm.io import list_images, read_json
 
 BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 
@@ -34,6 +41,8 @@ def read_oid(
     skip_unknown: bool = False,
     skip_missing: bool = False,
     name: str | None = None,
+    image_labels_csv: str | os.PathLike | None = None,
+    hierarchy_json: str | os.PathLike | None = None,
 ) -> DetectionDataset:
     """Read Open Images boxes into a :class:`DetectionDataset` (samples sorted by id).
 
@@ -74,15 +83,26 @@ def read_oid(
                 raise FileNotFoundError(f"{path}: image file not found (listed in {image_ids})")
 
     rows_by_image = _read_boxes(box_csv, set(image_paths), descriptions, class_index, skip_unknown, report)
+    ancestors = _class_ancestors_by_index(hierarchy_json, mids) if hierarchy_json is not None else {}
+    labels_by_image = (_read_image_labels(image_labels_csv, set(image_paths), class_index)
+                       if image_labels_csv is not None else {})
     samples = []
     for image_id in sorted(image_paths):
         path = image_paths[image_id]
         width, height = image_size(path)
         rows = rows_by_image.get(image_id, [])
-        boxes = [[x1 * width, y1 * height, x2 * width, y2 * height] for x1, y1, x2, y2, _, _ in rows]
-        labels = [row[4] for row in rows]
-        group = [row[5] for row in rows]
-        samples.append(make_sample(image_id, path, width, height, boxes, labels, report, group=group))
+        boxes, labels, group = [], [], []
+        for x1, y1, x2, y2, label, is_group in rows:  # each box, and again for each ancestor class
+            for cls in (label, *sorted(ancestors.get(label, ()))):
+                boxes.append([x1 * width, y1 * height, x2 * width, y2 * height])
+                labels.append(cls)
+                group.append(is_group)
+        sample = make_sample(image_id, path, width, height, boxes, labels, report, group=group)
+        present, absent = labels_by_image.get(image_id, (set(), set()))
+        present |= {a for c in list(present) for a in ancestors.get(c, ())}
+        absent |= {c for c, above in ancestors.items() if above & absent}
+        sample.verified = np.array(sorted(present | absent), dtype=np.int64)
+        samples.append(sample)
     dataset_name = name or f"oid_{box_csv.stem}"
     report.warn(dataset_name)
     return DetectionDataset(
@@ -91,6 +111,47 @@ def read_oid(
         samples=samples,
         class_ids=mids,
     )
+
+
+def _class_ancestors_by_index(path: str | os.PathLike, mids: list[str]) -> dict[int, set[int]]:
+    """{class index: indices of its ancestors} among the dataset's classes, from the
+    challenge's hierarchy JSON (icm.evaluation.oid_challenge.class_ancestors)."""
+    from icm.evaluation.oid_challenge import class_ancestors
+
+    index = {mid: i for i, mid in enumerate(mids)}
+    try:
+        by_mid = class_ancestors(read_json(path))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a class hierarchy (nested LabelName / Subcategory entries): {e!r}") from e
+    return {index[m]: {index[a] for a in above if a in index} for m, above in by_mid.items() if m in index}
+
+
+def _read_image_labels(path: str | os.PathLike, images: set[str], class_index: dict[str, int]
+                       ) -> dict[str, tuple[set[int], set[int]]]:
+    """{image id: (classes verified present, classes verified absent)} from a human-verified
+    image-level labels CSV; labels of other classes and images are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image-level labels file not found")
+    out: dict[str, tuple[set[int], set[int]]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("ImageID", "LabelName", "Confidence") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}:1: image-level labels lack the column(s) {', '.join(missing)}")
+        try:
+            for row in reader:
+                if row["ImageID"] not in images or row["LabelName"] not in class_index:
+                    continue
+                try:
+                    confidence = float(row["Confidence"])
+                except ValueError as e:
+                    raise ValueError(f"{path}:{reader.line_num}: Confidence {row['Confidence']!r} is not a number") from e
+                present, absent = out.setdefault(row["ImageID"], (set(), set()))
+                (present if confidence > 0 else absent).add(class_index[row["LabelName"]])
+        except csv.Error as e:
+            raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
+    return out
 
 
 def read_class_descriptions(path: str | os.PathLike) -> dict[str, str]:

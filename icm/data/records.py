@@ -19,7 +19,9 @@ class DetectionSample:
     ``boxes`` are float32 ``[N, 4]`` xyxy in 0-based pixel coordinates of the image as
     stored on disk (after EXIF orientation); ``labels`` are int64 indices into the
     dataset's ``classes``. The flags are per box: ``difficult`` (VOC), ``iscrowd`` (COCO),
-    ``group`` (Open Images IsGroupOf). A sample without objects has N = 0.
+    ``group`` (Open Images IsGroupOf). A sample without objects has N = 0. ``verified``
+    (Open Images): the class indices that image-level labels verify in this image, present
+    or absent; the Open Images metric evaluates only those and the boxed classes.
     """
 
     id: str
@@ -31,9 +33,11 @@ class DetectionSample:
     difficult: np.ndarray = field(default_factory=lambda: _empty(bool))
     iscrowd: np.ndarray = field(default_factory=lambda: _empty(bool))
     group: np.ndarray = field(default_factory=lambda: _empty(bool))
+    verified: np.ndarray = field(default_factory=lambda: _empty(np.int64))
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
+        self.verified = np.asarray(self.verified, dtype=np.int64).reshape(-1)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         n = len(self.boxes)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)

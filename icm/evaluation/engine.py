@@ -56,6 +56,7 @@ from icm.evaluation.image_codecs import (
     learned_from_zoo,
 )
 from icm.evaluation.metrics import FidelityMeter, ms_ssim_8bit, psnr, to_8bit
+from icm.evaluation.oid_challenge import OIDImageTruth, oid_challenge_map
 from icm.io import atomic_write_json, read_image_tensor, read_json
 from icm.voc_eval import voc_map
 
@@ -263,7 +264,8 @@ def evaluate_codec(
     )
     if detectors:
         det_results, per_class_results, det_notes = detection_metrics(
-            dataset, predictions, per_class=per_class, mask_ground_truth=mask_ground_truth
+            dataset, predictions, per_class=per_class, mask_ground_truth=mask_ground_truth,
+            predictable={name: predictable_classes(d) for name, d in detectors.items()},
         )
         summary.update(det_results)
         summary.update(group_means(det_results, groups or {}, list(detectors)))
@@ -273,14 +275,28 @@ def evaluate_codec(
     return out
 
 
+def predictable_classes(detector: Any) -> list[int] | None:
+    """The dataset class indices ``detector`` can predict (its label map's targets); None
+    when it has no label map (every class)."""
+    label_map = getattr(detector, "label_map", None)
+    if label_map is None:
+        return None
+    targets = np.asarray(label_map.native_to_dataset).reshape(-1)
+    return sorted({int(t) for t in targets if t >= 0})
+
+
 def detection_metrics(
     dataset: DetectionDataset,
     predictions: dict[str, list[dict]],
     per_class: bool = False,
     mask_ground_truth: dict | None = None,
+    predictable: dict[str, list[int] | None] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, dict], list[str]]:
     """COCO (AP, AP50, AP75), VOC07 and VOC12 mAP@0.5 (and mask AP for detectors that
-    predict masks) of each detector's predictions on ``dataset``'s samples, in order.
+    predict masks) of each detector's predictions on ``dataset``'s samples, in order. On
+    Open Images data with verified image-level labels, also the challenge metric
+    (``map-oid``, :mod:`icm.evaluation.oid_challenge`) over the classes each detector can
+    predict (``predictable``: detector -> class indices; None: all), named in the notes.
 
     Under the VOC protocol crowd and group-of boxes are ignored like difficult ones; under the
     COCO protocol difficult and group-of boxes are passed as crowd regions.
@@ -316,6 +332,18 @@ def detection_metrics(
                 results[f"mask-map-coco:{name}"] = segm["map"]
                 results[f"mask-ap50-coco:{name}"] = segm["ap50"]
                 results[f"mask-ap75-coco:{name}"] = segm["ap75"]
+    if any(len(s.verified) for s in samples):
+        truths = [OIDImageTruth(s.boxes, s.labels, s.group, {int(c) for c in s.verified}) for s in samples]
+        for name, preds in predictions.items():
+            subset = (predictable or {}).get(name)
+            oid = oid_challenge_map(truths, preds, len(classes), classes=subset)
+            results[f"map-oid:{name}"] = oid["map"]
+            if per_class:
+                per_class_results[f"ap-oid:{name}"] = {classes[c]: v for c, v in oid["ap_per_class"].items()}
+            notes.append(f"map-oid:{name}: Open Images challenge metric (hierarchy-expanded truth, verified classes, "
+                         f"group-of by IoA) averaged over the {len(oid['classes'])} classes with boxes among the "
+                         f"{len(classes) if subset is None else len(subset)} it can predict: "
+                         + ", ".join(classes[c] for c in oid["classes"]))
     notes.append(f"COCO protocol computed with {COCO_BACKEND}")
     return results, per_class_results, notes
 

@@ -61,7 +61,7 @@ from icm.evaluation.bd_rate import (
 from icm.io import atomic_path, atomic_write_text, read_json
 
 # Detection metric prefixes in the order tables show them.
-PROTOCOLS = ("map-voc07", "map-voc12", "map-coco", "ap50-coco", "ap75-coco", "mask-map-coco")
+PROTOCOLS = ("map-voc07", "map-voc12", "map-coco", "ap50-coco", "ap75-coco", "mask-map-coco", "map-oid")
 PROTOCOL_TITLES = {
     "map-voc07": "VOC07 11-point mAP@0.5",
     "map-voc12": "VOC12 all-point mAP@0.5",
@@ -69,6 +69,7 @@ PROTOCOL_TITLES = {
     "ap50-coco": "COCO AP50",
     "ap75-coco": "COCO AP75",
     "mask-map-coco": "COCO mask AP@[.5:.95]",
+    "map-oid": "Open Images challenge mAP@0.5",
 }
 GROUP_SUFFIX = "-mean"
 PLOT_PROTOCOLS = ("map-voc07", "map-coco")
