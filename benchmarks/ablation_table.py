@@ -3,9 +3,10 @@
     python benchmarks/ablation_table.py runs/maa_ablation > runs/maa_ablation/ablation.md
 
 Reads ``OUT/rows.txt`` (one ``name|setting|stage-one flags|beta|seed`` line per row run),
-``OUT/transfer/<setting>.json`` (benchmarks/meta_transfer.py) and
-``OUT/tables/bd_map-voc07.csv`` (Evaluation/make_tables.py with ``--anchor control``). Cells
-are a difference and its 95% paired bootstrap interval; a row without a number has none yet.
+``OUT/transfer/<setting>.json`` (benchmarks/meta_transfer.py),
+``OUT/tables/bd_map-voc07.csv`` (Evaluation/make_tables.py with ``--anchor control``) and
+``OUT/share/<row>_q<Q>.json`` (benchmarks/delta_share.py). Cells are a difference and its
+95% paired bootstrap interval; a row without a number has none yet.
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ def bd_cell(row: dict | None, which: str, scale: float) -> str:
     return text
 
 
+def share_cell(out: Path, name: str) -> str:
+    """``q2 0.007, q5 0.011``: the row's share of delta learned at each quality (empty: none)."""
+    parts = []
+    for path in sorted((out / "share").glob(f"{name}_q*.json")):
+        quality = path.stem.rsplit("_q", 1)[1]
+        parts.append(f"q{quality} {read_json(path)['share_mean']:.3f}")
+    return ", ".join(parts)
+
+
 def transfer_cell(result: dict | None, group: str, difference: str) -> str:
     d = (result or {}).get("detectors", {}).get(group, {}).get(difference)
     if not d:
@@ -86,7 +96,7 @@ def ablation_table(out: Path) -> str:
     """The Markdown table: one line per row, transfer (clean images) then decoded images."""
     rows, bd = read_rows(out), read_bd(out)
     header = (["row", "stage one", "beta", "seed", "mean \\|delta\\|"] + [t for _, _, t in TRANSFER_MEASURES]
-              + [t for _, t, _, _ in BD_MEASURES])
+              + [t for _, t, _, _ in BD_MEASURES] + ["share of delta learned"])
     lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|" + "---:|" * (len(header) - 4)]
     for row in rows:
         transfer_path = out / "transfer" / f"{row['setting']}.json"
@@ -98,6 +108,7 @@ def ablation_table(out: Path) -> str:
             cells += ["(reference)"] * len(BD_MEASURES)
         else:
             cells += [bd_cell(bd.get((row["name"], key)), which, scale) for key, _, scale, which in BD_MEASURES]
+        cells.append(share_cell(out, row["name"]))
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
@@ -106,7 +117,9 @@ def ablation_table(out: Path) -> str:
         "Decoded images: BD against the beta = 0 control (the row `control`) with the same images and "
         f"qualities, {PROTOCOL} group means, pchip, 95% paired bootstrap intervals over images (make_tables). "
         "Bold: the interval excludes 0. The rows control_seed1 and defaults_seed1 (another stage-two seed) are "
-        "the noise floor of a fine-tune; BD-rate is n/a where a curve is not monotonic in rate.",
+        "the noise floor of a fine-tune; BD-rate is n/a where a curve is not monotonic in rate. Share of delta "
+        "learned: per quality, the projection of (row's decode - control's decode) on the perturbation, over "
+        "the perturbation's energy, mean over the stage-two training images (1: all of it reproduced).",
     ]
     return "\n".join(lines + notes) + "\n"
 

@@ -7,7 +7,9 @@
 #     seen and unseen means, BD-PSNR, BD-rate on the unseen mean), each with its paired
 #     bootstrap interval (Evaluation/make_tables.py --anchor control);
 #   - the noise floor: the control and the defaults fine-tuned again with another stage-two
-#     seed (rows control_seed1 and defaults_seed1, against the control like every row).
+#     seed (rows control_seed1 and defaults_seed1, against the control like every row);
+#   - the share of the perturbation the row's codec learned to reproduce on its training
+#     images, against the control (benchmarks/delta_share.py).
 # Every row's stage two starts from the shipped toy codec, on the row's stage-one output of
 # the first ABL_IMAGES toy train images (the control: the same images, target = original).
 #
@@ -109,6 +111,16 @@ for name in $ROWS; do
             "${from[@]}" --beta "$beta" --seed "$seed" --epochs 100000 --max_steps "$STEPS" --out "$dir" --no_progress
         touch "$dir/done"
     done
+    if [ "$beta" != 0 ]; then
+        mkdir -p "$OUT/share"
+        for q in $QUALITIES; do
+            share="$OUT/share/${name}_q$q.json"
+            [ -f "$share" ] || [ ! -f "$OUT/codecs/control_q$q/done" ] || \
+                run "share_${name}_q$q" $PY benchmarks/delta_share.py --augmented "$data" \
+                    --codec "$OUT/codecs/${name}_q$q/last.pth.tar" --reference "$OUT/codecs/control_q$q/last.pth.tar" \
+                    --out "$share"
+        done
+    fi
     step "row $name: evaluation on $VAL toy val images"
     list=$(IFS=,; echo "${ckpts[*]}")
     run "evaluate_$name" $PY Evaluation/evaluate.py --config "$CONFIG" --dataset toy --split val --limit "$VAL" \

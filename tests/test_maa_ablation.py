@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from icm.evaluation.make_tables import Bootstrap, Curve, bd_table
 
@@ -53,6 +54,10 @@ def write_out(tmp_path):
                 "detectors": {"seen mean": {"maa-clean": {"estimate": 0.211, "low": 0.178, "high": 0.238}},
                               "unseen mean": diff}}
     (tmp_path / "transfer" / "defaults.json").write_text(json.dumps(transfer))
+    (tmp_path / "share").mkdir()
+    for q, share in ((2, 0.007), (5, 0.0114)):
+        (tmp_path / "share" / f"defaults_q{q}.json").write_text(json.dumps({"share_mean": share}))
+    (tmp_path / "share" / "defaults_seed1_q2.json").write_text(json.dumps({"share_mean": 0.5}))  # another row's
     return tmp_path
 
 
@@ -61,12 +66,13 @@ def test_table_has_one_line_per_row_with_transfer_and_bd_cells(tmp_path):
     lines = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
     assert list(lines)[1:] == ["control", "defaults", "meta_off"]
     control, maa, meta_off = lines["control"], lines["defaults"], lines["meta_off"]
-    assert control[4] == "" and "(reference)" in control[-1]  # the control has no transfer: beta 0
+    assert control[4] == "" and "(reference)" in control[12]  # the control has no transfer: beta 0
     assert maa[4] == "5.49"
     assert maa[5] == "**+21.1 [+17.8, +23.8]**"  # seen maa - clean, excludes 0
     assert maa[6] == "+0.9 [-0.4, +1.5]"  # unseen maa - clean, does not
     assert maa[7] == "**+2.0 [+0.5, +2.4]**"
-    seen_bd, unseen_bd, psnr_bd = maa[9], maa[10], maa[12].rstrip(" |")
+    seen_bd, unseen_bd, psnr_bd = maa[9], maa[10], maa[12]
+    assert maa[13].rstrip(" |") == "q2 0.007, q5 0.011" and meta_off[13].strip(" |") == ""
     assert seen_bd.startswith("**+2.00 [") and unseen_bd.startswith("**+1.00 [")
     assert psnr_bd.startswith("+0.00")
     # meta_off was listed but has neither a transfer file nor an evaluated curve yet.
@@ -98,3 +104,39 @@ def test_script_runs_rows_resumes_and_rejects_unknown_rows(tmp_path):
     second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "stage two at quality" not in second.stdout and "transfer on" not in second.stdout
+
+
+def test_delta_share_is_zero_against_itself_and_one_for_a_codec_that_adds_delta(tmp_path, codec_assets, monkeypatch):
+    spec = importlib.util.spec_from_file_location("delta_share", ROOT / "benchmarks" / "delta_share.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from icm.io import read_image_tensor, write_image
+    from icm.manifest import MANIFEST_NAME, manifest_record
+
+    folder = tmp_path / "stage_one"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(3):
+        x = rng.uniform(0.2, 0.8, (3, 64, 64)).astype(np.float32)
+        write_image(tmp_path / f"x{i}.png", torch.from_numpy(x))
+        write_image(folder / "images" / f"{i}.png", torch.from_numpy(x + rng.choice([-4, 4], x.shape) / 255))
+        records.append(manifest_record(str(i), tmp_path / f"x{i}.png", f"images/{i}.png", 64, 64, 4.0, {}, {}))
+    (folder / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+    codec = codec_assets[2]
+    same = module.delta_share(folder, codec, codec)
+    assert same["images"] == 3 and same["share_mean"] == 0.0 and 3.9 < same["delta_rms_levels"] < 4.1
+
+    real_decompress = module.decompress_image
+    calls = {"n": 0}
+
+    def decode_plus_delta(model, compressed):  # every other call is the codec's: add its image's delta
+        out = real_decompress(model, compressed)
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            i = calls["n"] // 2 - 1
+            out = out + read_image_tensor(folder / "images" / f"{i}.png")[None] - read_image_tensor(tmp_path / f"x{i}.png")[None]
+        return out
+
+    monkeypatch.setattr(module, "decompress_image", decode_plus_delta)
+    assert module.delta_share(folder, codec, codec)["share_mean"] == pytest.approx(1.0)
