@@ -49,6 +49,7 @@ eps16|--epsilon 16/255|1|0
 smooth15|--smooth 15|1|0
 diversity0.7|--diversity 0.7|1|0
 beta2||2|0
+beta8||8|0
 beta0.5||0.5|0
 defaults_seed1||1|1
 sample_models2|--sample_models 2|1|0
