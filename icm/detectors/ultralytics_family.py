@@ -92,10 +92,13 @@ def _load_zoo_network(name: str, spec: UltralyticsSpec, weights: str | Path, tru
     """A network from an ultralytics ``.pt`` file, through ultralytics' own loader (which
     downloads official assets by bare name when online).
 
-    Those files are pickles, and unpickling can run code. The official assets, fetched by
-    ultralytics itself from its own releases, are trusted as the installed library is; any
-    other file is refused unless ``trust_pickle`` (``scripts/convert_weights.py
-    --trust_pickle`` converts one once into our checkpoint format, which holds plain data)."""
+    Those files are pickles, and unpickling can run code, so they load through the
+    library's safe mode: ``torch.load(weights_only=True)`` against ultralytics' allow-list
+    of its own model classes, whether the file is an official asset (also one read back
+    from a cache) or a local path. A file the allow-list refuses was not run; with
+    ``trust_pickle`` it loads unrestricted (``scripts/convert_weights.py --trust_pickle``
+    converts one once into our checkpoint format, which holds plain data)."""
+    from ultralytics.nn import tasks
     from ultralytics.nn.tasks import load_checkpoint
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
 
@@ -108,19 +111,27 @@ def _load_zoo_network(name: str, spec: UltralyticsSpec, weights: str | Path, tru
     file = spec.weights_file if default else str(weights)
     if not default and not Path(file).is_file() and Path(file).name not in GITHUB_ASSETS_NAMES:
         raise FileNotFoundError(f"{file}: weights file not found")
-    if not default and Path(file).is_file() and not trust_pickle:
-        raise ValueError(
-            f"{file}: an ultralytics .pt file is a pickle, and loading one can run code; if it comes from a "
-            f"source you trust, convert it once: python scripts/convert_weights.py {name} {file} OUT.pt "
-            f"--trust_pickle, then pass --weights {name}=OUT.pt")
+    if not trust_pickle and not tasks._SafeLoad.SUPPORTED:
+        raise ValueError(f"{file}: ultralytics' safe loader needs torch >= 2.6; convert the file once with "
+                         f"python scripts/convert_weights.py {name} {file} OUT.pt --trust_pickle if you trust it")
+    previous = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = not trust_pickle  # read by ultralytics at each load: weights_only + its allow-list
     try:
         network, _ = load_checkpoint(file)
     except (ConnectionError, OSError) as e:  # offline: ultralytics raises ConnectionError
         if Path(file).is_file():
             raise
         raise weights_unavailable(name, Path(file).name, f"{ASSETS_URL}/{Path(file).name}", e) from e
-    except TypeError as e:  # ultralytics' message for a corrupt or foreign file
+    except TypeError as e:  # ultralytics' message for a corrupt, foreign or refused file
+        if "outside the supported" in str(e):
+            raise ValueError(
+                f"{file}: ultralytics' safe loader refused it (it references types outside ultralytics' own model "
+                f"classes; nothing in it was run). If it comes from a source you trust, convert it once: python "
+                f"scripts/convert_weights.py {name} {file} OUT.pt --trust_pickle, then pass --weights {name}=OUT.pt"
+            ) from e
         raise ValueError(f"{file}: not a loadable ultralytics checkpoint ({str(e).splitlines()[0]})") from e
+    finally:
+        tasks.SAFE_LOAD = previous
     return network
 
 
@@ -289,7 +300,8 @@ def build_ultralytics(
     ``imgsz``: long side of the letterboxed input (default 640 for zoo models, ``None`` =
     input size for toy models); ``conf``/``iou``/``max_det``: NMS settings of ``predict``;
     ``arch``: a model YAML dict instead of the registered one (stored in our checkpoints);
-    ``trust_pickle``: load a local ultralytics ``.pt`` file (a pickle: see _load_zoo_network).
+    ``trust_pickle``: load an ultralytics ``.pt`` file without the safe loader's allow-list
+    (a pickle that may run code: see _load_zoo_network).
     """
     _quiet_ultralytics()
     spec = SPECS[name]
