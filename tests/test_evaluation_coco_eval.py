@@ -131,3 +131,50 @@ def test_mask_ground_truth_is_matched_by_file_name_and_renumbered(tmp_path):
     train_masks = json.loads((root / "instances_train.json").read_text())
     with pytest.raises(ValueError, match=r"instances_train.json: no entry for 2 of the 2 evaluated images \(e.g. val_00002.png\)"):
         mask_ground_truth_for(train_masks, subset, [1, 2], str(root / "instances_train.json"))
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_faster_coco_eval_gives_pycocotools_numbers(iou_type):
+    """The two COCO backends on the same random set: boxes and masks, crowd regions,
+    several classes, images without objects; AP, AP50, AP75 and per-class AP agree."""
+    pytest.importorskip("faster_coco_eval")
+    from icm.evaluation.coco_eval import coco_map, masks_to_rle
+
+    rng = np.random.default_rng(1)
+    images, annotations, detections = [], [], []
+    size = 64
+
+    def box_and_mask(x, y, w, h):
+        m = np.zeros((1, size, size), np.uint8)
+        m[0, int(y):int(y + h), int(x):int(x + w)] = 1
+        return [float(x), float(y), float(w), float(h)], masks_to_rle(m)[0], float(m.sum())
+
+    for image_id in range(1, 31):
+        images.append({"id": image_id, "width": size, "height": size})
+        for _ in range(int(rng.integers(0, 4))):
+            x, y = rng.integers(0, 40, 2)
+            w, h = rng.integers(6, 24, 2)
+            bbox, rle, area = box_and_mask(x, y, w, h)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(1, 4)),
+                                "bbox": bbox, "area": area, "iscrowd": int(rng.uniform() < 0.1), "segmentation": rle})
+            if rng.uniform() < 0.8:  # a detection near it, maybe of another class
+                jitter = rng.normal(0, 2, 4)
+                bbox, rle, _ = box_and_mask(max(0, x + jitter[0]), max(0, y + jitter[1]), max(2, w + jitter[2]),
+                                            max(2, h + jitter[3]))
+                cat = annotations[-1]["category_id"] if rng.uniform() < 0.8 else int(rng.integers(1, 4))
+                detections.append({"image_id": image_id, "category_id": cat, "bbox": bbox,
+                                   "score": float(rng.uniform(0.05, 1)), "segmentation": rle})
+        for _ in range(int(rng.integers(0, 3))):  # false positives
+            x, y = rng.integers(0, 50, 2)
+            bbox, rle, _ = box_and_mask(x, y, 10, 10)
+            detections.append({"image_id": image_id, "category_id": int(rng.integers(1, 4)), "bbox": bbox,
+                               "score": float(rng.uniform(0.05, 1)), "segmentation": rle})
+    truth = {"images": images, "annotations": annotations,
+             "categories": [{"id": k, "name": f"c{k}"} for k in (1, 2, 3)]}
+    fast = coco_map(truth, detections, iou_type, per_class=True, backend="faster_coco_eval")
+    reference = coco_map(truth, detections, iou_type, per_class=True, backend="pycocotools")
+    assert 0.05 < reference["map"] < 0.95 and reference["ap50"] > 0.2  # a case with something to rank
+    for key in ("map", "ap50", "ap75"):
+        assert fast[key] == pytest.approx(reference[key], abs=1e-9), key
+    for name, value in reference["ap_per_class"].items():
+        assert fast["ap_per_class"][name] == pytest.approx(value, abs=1e-9), name

@@ -5,30 +5,24 @@ respected; VOC ``difficult`` and Open Images ``IsGroupOf`` boxes are passed as c
 detections inside them are neither true nor false positives) and the
 detections from the detectors' predictions. Where the dataset carries COCO category ids,
 both use them, so a written results file matches the official annotations. When the
-``faster_coco_eval`` package is importable it is used instead (same numbers, faster).
+``faster_coco_eval`` package is importable (it is in the requirements) it is used instead:
+the same numbers, computed in C++ (``tests/test_evaluation_coco_eval.py`` cross-checks the
+two backends); ``backend=`` picks one explicitly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-try:  # same API and numbers as pycocotools, in C++
-    from faster_coco_eval import COCO
-    from faster_coco_eval import COCOeval_faster as COCOeval
-
-    BACKEND = "faster_coco_eval"
-except ImportError:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    BACKEND = "pycocotools"
-
 from pycocotools import mask as mask_utils  # RLE encoding (faster_coco_eval reads it too)
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+BACKEND = "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -145,14 +139,30 @@ def coco_detections(predictions: Sequence[dict], category_ids: Sequence[int],
     return out
 
 
+def _backend_classes(backend: str):
+    """(COCO, COCOeval) of ``backend``."""
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    elif backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    else:
+        raise ValueError(f"unknown COCO backend {backend!r} (one of {', '.join(BACKENDS)})")
+    return COCO, COCOeval
+
+
 def coco_map(ground_truth: dict, detections: list[dict], iou_type: str = "bbox",
-             per_class: bool = False, image_ids: Sequence[int] | None = None) -> dict:
+             per_class: bool = False, image_ids: Sequence[int] | None = None, backend: str | None = None) -> dict:
     """Run COCOeval; returns ``map`` (AP@[.5:.95]), ``ap50``, ``ap75`` (None when the
     ground truth has no object) and, with ``per_class``, ``ap_per_class`` {name: AP}.
 
     ``image_ids`` restricts the evaluation to those images (e.g. the evaluated subset of
-    an official annotation file, for mask AP).
+    an official annotation file, for mask AP); ``backend``: :data:`BACKENDS` (None: the
+    module's :data:`BACKEND`).
     """
+    backend = backend or BACKEND
+    COCO, COCOeval = _backend_classes(backend)
     if image_ids is not None:
         keep = set(image_ids)
         ground_truth = {**ground_truth,
@@ -167,7 +177,7 @@ def coco_map(ground_truth: dict, detections: list[dict], iou_type: str = "bbox",
             out["ap_per_class"] = {c["name"]: 0.0 for c in ground_truth["categories"]}
         return out
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = _coco_from_dict(ground_truth)
+        gt = _coco_from_dict(ground_truth, COCO, backend)
         dt = gt.loadRes(detections)
         evaluator = COCOeval(gt, dt, iou_type)
         evaluator.evaluate()
@@ -186,8 +196,8 @@ def coco_map(ground_truth: dict, detections: list[dict], iou_type: str = "bbox",
     return out
 
 
-def _coco_from_dict(data: dict) -> COCO:
-    if BACKEND == "faster_coco_eval":
+def _coco_from_dict(data: dict, COCO, backend: str):  # noqa: N803 - the backend's class
+    if backend == "faster_coco_eval":
         return COCO(data)
     coco = COCO()
     coco.dataset = data
