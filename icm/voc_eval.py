@@ -56,19 +56,6 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box against ``boxes`` [N, 4]."""
-    ix1 = np.maximum(boxes[:, 0], box[0])
-    iy1 = np.maximum(boxes[:, 1], box[1])
-    ix2 = np.minimum(boxes[:, 2], box[2])
-    iy2 = np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def match_detections(
     gt_boxes: Sequence[np.ndarray],
     gt_difficult: Sequence[np.ndarray],
@@ -81,23 +68,38 @@ def match_detections(
     the input order). ``gt_boxes[i]``/``gt_difficult[i]``: that class's boxes in image i;
     ``det_image`` [D]: image index of each detection. Returns ``(order, flags)``: the
     detection indices by rank, and per rank 1 (true positive), 0 (false positive: no box
-    at ``iou_threshold``, or a duplicate) or -1 (ignored: best match is a difficult box)."""
-    matched = [np.zeros(len(b), dtype=bool) for b in gt_boxes]
+    at ``iou_threshold``, or a duplicate) or -1 (ignored: best match is a difficult box).
+
+    Vectorised: each detection's best box comes from one padded IoU array; a box's first
+    claimant in rank order is its true positive, any later one a duplicate (the greedy
+    loop's outcome, since a detection's best box does not depend on earlier matches)."""
     order = np.argsort(-np.asarray(det_scores, dtype=np.float64), kind="stable")
     flags = np.zeros(len(order), dtype=np.int8)
-    for rank, d in enumerate(order):
-        i = int(det_image[d])
-        gts = gt_boxes[i]
-        if len(gts) == 0:
-            continue
-        ious = box_iou(det_boxes[d], gts)
-        j = int(np.argmax(ious))
-        if ious[j] >= iou_threshold:
-            if gt_difficult[i][j]:
-                flags[rank] = -1  # a match with a difficult box is neither a TP nor an FP
-            elif not matched[i][j]:
-                flags[rank] = 1
-                matched[i][j] = True
+    counts = np.array([len(b) for b in gt_boxes], dtype=np.int64)
+    if len(order) == 0 or counts.max(initial=0) == 0:
+        return order, flags
+    padded = np.zeros((len(gt_boxes), int(counts.max()), 4))
+    difficult = np.zeros(padded.shape[:2], dtype=bool)
+    for i, (boxes, hard) in enumerate(zip(gt_boxes, gt_difficult)):
+        padded[i, : len(boxes)] = boxes
+        difficult[i, : len(boxes)] = hard
+    image = np.asarray(det_image, dtype=np.int64)[order]
+    dets = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)[order]
+    gts = padded[image]  # [D, G, 4]
+    w = np.minimum(dets[:, None, 2], gts[..., 2]) - np.maximum(dets[:, None, 0], gts[..., 0])
+    h = np.minimum(dets[:, None, 3], gts[..., 3]) - np.maximum(dets[:, None, 1], gts[..., 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    union = ((dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1]))[:, None] \
+        + (gts[..., 2] - gts[..., 0]) * (gts[..., 3] - gts[..., 1]) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    iou[np.arange(gts.shape[1])[None, :] >= counts[image][:, None]] = -1.0  # padding is no box
+    best = np.argmax(iou, axis=1)
+    hit = iou[np.arange(len(order)), best] >= iou_threshold
+    hard = hit & difficult[image, best]
+    flags[hard] = -1
+    claims = np.nonzero(hit & ~hard)[0]  # ranks, ascending
+    _, first = np.unique(image[claims] * gts.shape[1] + best[claims], return_index=True)
+    flags[claims[first]] = 1
     return order, flags
 
 

@@ -84,3 +84,54 @@ def test_average_precision_07_vs_12_differ_on_a_known_curve():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="ground-truth images"):
         voc_map(GROUND_TRUTH, DETECTIONS[:1], 2)
+
+
+def _greedy_reference(gt_boxes, gt_difficult, det_image, det_boxes, det_scores, iou_threshold=0.5):
+    """The devkit's loop, one detection at a time, as the vectorised matching must reproduce."""
+    matched = [np.zeros(len(b), dtype=bool) for b in gt_boxes]
+    order = np.argsort(-np.asarray(det_scores, dtype=np.float64), kind="stable")
+    flags = np.zeros(len(order), dtype=np.int8)
+    for rank, d in enumerate(order):
+        i, gts = int(det_image[d]), gt_boxes[int(det_image[d])]
+        if len(gts) == 0:
+            continue
+        box = det_boxes[d]
+        w = np.clip(np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]), 0, None)
+        h = np.clip(np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]), 0, None)
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]) - w * h
+        ious = np.where(union > 0, w * h / np.maximum(union, 1e-12), 0.0)
+        j = int(np.argmax(ious))
+        if ious[j] >= iou_threshold:
+            if gt_difficult[i][j]:
+                flags[rank] = -1
+            elif not matched[i][j]:
+                flags[rank], matched[i][j] = 1, True
+    return order, flags
+
+
+def test_vectorised_matching_equals_the_greedy_loop():
+    from icm.voc_eval import match_detections
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_images = int(rng.integers(1, 6))
+        gt_boxes, gt_difficult = [], []
+        for _ in range(n_images):
+            n = int(rng.integers(0, 5))
+            xy = rng.uniform(0, 60, (n, 2))
+            gt_boxes.append(np.concatenate([xy, xy + rng.uniform(4, 30, (n, 2))], 1))
+            gt_difficult.append(rng.uniform(size=n) < 0.2)
+        n_det = int(rng.integers(0, 15))
+        det_image = rng.integers(0, n_images, n_det)
+        det_boxes = np.empty((n_det, 4))
+        for d, i in enumerate(det_image):
+            if len(gt_boxes[i]) and rng.uniform() < 0.7:  # near a box of its image (duplicates too)
+                det_boxes[d] = gt_boxes[i][rng.integers(len(gt_boxes[i]))] + rng.normal(0, 2, 4)
+            else:
+                xy = rng.uniform(0, 60, 2)
+                det_boxes[d] = np.concatenate([xy, xy + rng.uniform(4, 30, 2)])
+        det_scores = rng.choice([0.2, 0.5, 0.9], n_det) if rng.uniform() < 0.3 else rng.uniform(size=n_det)  # ties
+        ours = match_detections(gt_boxes, gt_difficult, det_image, det_boxes, det_scores)
+        expected = _greedy_reference(gt_boxes, gt_difficult, det_image, det_boxes, det_scores)
+        np.testing.assert_array_equal(ours[0], expected[0])
+        np.testing.assert_array_equal(ours[1], expected[1])
