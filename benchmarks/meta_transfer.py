@@ -33,6 +33,7 @@ loss, per image), raw and after Gaussian smoothing, over the first ``--cosine_im
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from itertools import combinations
@@ -90,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unseen detectors; None: the config's evaluation.unseen_detectors" + d)
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="weights of a detector (repeatable); wins over the config's")
-    p.add_argument("--limit", type=positive_int, default=100, help="first N images of the split" + d)
+    p.add_argument("--limit", type=positive_int, default=100, help="N images of the split, from --start" + d)
+    p.add_argument("--start", type=non_negative_int, default=0,
+                   help="index of the first image (another --start: a replicate on other images)" + d)
     p.add_argument("--batch_size", type=positive_int, default=8, help="images per stage-one batch" + d)
     p.add_argument("--seed", type=int, default=0, help="stage one's seed and the random controls'" + d)
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples" + d)
@@ -201,7 +204,10 @@ def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     seen, unseen, weights = model_sets(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
-    dataset = load_dataset(args.dataset, split=args.split, root=args.data_root, limit=args.limit)
+    full = load_dataset(args.dataset, split=args.split, root=args.data_root)
+    dataset = dataclasses.replace(full, samples=full.samples[args.start : args.start + args.limit])
+    if not dataset.samples:
+        raise ValueError(f"--start {args.start}: the split {args.split!r} has {len(full)} images")
     from icm.detectors import build_detector_set
 
     detectors = build_detector_set(seen + unseen, weights, dataset.classes, str(device), flag="the seen and unseen sets")
@@ -261,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
                              "unseen-unseen": mean_cosine(pairs, unseen, unseen)}
                       for kind, pairs in cosines.items()}
     return {
-        "dataset": dataset.name, "split": args.split, "images": len(samples), "seen": seen, "unseen": unseen,
+        "dataset": dataset.name, "split": args.split, "images": len(samples), "image_ids": sorted(s.id for s in samples), "seen": seen, "unseen": unseen,
         "stage_one": {**vars(config), "codec_aware": args.codec_aware, "seed": args.seed},
         "metric": "VOC07 11-point mAP@0.5", "bootstrap": args.bootstrap, "noise_level": args.noise_level, "confidence": 0.95,
         "mean_abs_delta_levels": {v: float(np.mean(values)) for v, values in levels.items()},

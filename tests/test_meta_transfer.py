@@ -142,3 +142,18 @@ def test_a_tiny_run_reports_map_differences_with_intervals(tmp_path, monkeypatch
     assert summary[0].startswith("| setting |") and summary[2].startswith("| transfer | ")
     unseen = rows["unseen mean"]["maa-random"]
     assert f"{100 * unseen['estimate']:+.1f} [{100 * unseen['low']:+.1f}, {100 * unseen['high']:+.1f}]" in summary[2]
+
+
+def test_start_picks_other_images_for_a_replicate(tmp_path, monkeypatch, capsys):
+    root = make_toy_dataset(tmp_path / "toy", train=2, val=6, size=48, seed=5)
+    common = ["--config", "", "--data_root", str(root), "--seen", "s1", "--unseen", "u1", "--limit", "4",
+              "--meta_steps", "1", "--inner_steps", "1", "--bootstrap", "10", "--cosine_images", "0", "--no_progress"]
+    monkeypatch.setattr("icm.detectors.registry.build_detector",
+                        lambda name, classes=None, weights=None, device="cpu", **kw: BrightBox(name, classes, 1).freeze())
+    first = meta_transfer.main([*common, "--start", "0"])
+    later = meta_transfer.main([*common, "--start", "3"])
+    assert first["image_ids"] == [f"val_{i:05d}" for i in range(4)]
+    assert later["image_ids"] == ["val_00003", "val_00004", "val_00005"]  # only three remain
+    with pytest.raises(SystemExit):
+        meta_transfer.main([*common, "--start", "6"])
+    assert "--start 6: the split 'val' has 6 images" in capsys.readouterr().err
