@@ -57,6 +57,7 @@ from icm.evaluation.image_codecs import (
 )
 from icm.evaluation.metrics import FidelityMeter, ms_ssim_8bit, psnr, to_8bit
 from icm.evaluation.oid_challenge import OIDImageTruth, oid_challenge_map
+from icm.evaluation.shards import predictions_path, save_predictions
 from icm.io import atomic_write_json, read_image_tensor, read_json
 from icm.voc_eval import voc_map
 
@@ -262,10 +263,12 @@ def evaluate_codec(
         {name: image_matches(ground_truth, preds, len(dataset.classes), image_ids=image_ids)
          for name, preds in predictions.items()},
     )
+    out["predictions"] = predictions
+    out["predictable"] = {name: predictable_classes(d) for name, d in detectors.items()}
     if detectors:
         det_results, per_class_results, det_notes = detection_metrics(
             dataset, predictions, per_class=per_class, mask_ground_truth=mask_ground_truth,
-            predictable={name: predictable_classes(d) for name, d in detectors.items()},
+            predictable=out["predictable"],
         )
         summary.update(det_results)
         summary.update(group_means(det_results, groups or {}, list(detectors)))
@@ -523,6 +526,8 @@ def run_evaluation(
                 )
                 sidecar = sidecar_path(path)  # first: a finished point file has its records
                 evaluation["samples"].save(sidecar)
+                if "shard" in settings:  # the merge recomputes every metric from the predictions
+                    save_predictions(predictions_path(path), evaluation["predictions"], evaluation["predictable"])
                 atomic_write_json(path, point_record(codec, evaluation, point_settings, groups, sidecar.name))
                 if progress:
                     print(_one_line(codec, evaluation["results"]))

@@ -34,6 +34,7 @@ finished ones), ``<codec>.json`` per codec (the curve, CompressAI's schema, whic
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from icm.cli import (
     non_negative_int,
     positive_int,
     resolve_device,
+    shard,
 )
 from icm.config import parse_args_with_config, save_run_config
 from icm.io import read_json
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="re-evaluate finished (codec, quality) results")
     p.add_argument("--seed", type=int, default=0, help="seed of torch's global generator, set before any work (the codecs and detectors here draw nothing at test time)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar or per-point lines")
+    p.add_argument("--shard", type=shard, default=None, metavar="I/N",
+                   help="evaluate the I-th of N contiguous blocks of the images (torchrun's RANK/WORLD_SIZE when "
+                   "not given under torchrun); merge the shards' --out folders with --merge")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="merge the --out folders of the shards of one run into --out (the result files of one "
+                   "unsharded run; every metric recomputed on all images) and evaluate nothing")
     return p
 
 
@@ -127,12 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     from icm.evaluation.engine import load_evaluation_dataset, parse_codec_spec, run_evaluation
 
     args = parse_args(argv)
+    if args.merge:
+        from icm.evaluation.shards import merge_shards
+
+        for path in merge_shards(args.merge, args.out):
+            print(path)
+        return 0
+    if args.shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        args.shard = (int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"]))
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     specs = [parse_codec_spec(c, args.qualities, args.pillow_qualities) for c in split_codecs(args.codecs)]
     for path in (p for spec in specs for p in spec.paths):
         read_checkpoint(path)  # every checkpoint readable before any codec is evaluated, not after the others
     dataset = load_evaluation_dataset(str(args.dataset), args.split, args.data_root, args.limit)
+    full_dataset = dataset
+    if args.shard is not None:
+        from icm.evaluation.shards import shard_of
+
+        dataset = shard_of(dataset, args.shard)
 
     detectors = {}
     if args.detectors and not dataset.classes:
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "detector_groups": groups, "weights": args.weights, "per_class": args.per_class,
         "estimate": args.estimate, "mask_annotations": None if mask_file is None else str(mask_file),
     }
+    if args.shard is not None:  # what the merge needs to reload the whole image list
+        settings.update({"shard": list(args.shard), "dataset_arg": str(args.dataset), "num_images_all": len(full_dataset)})
     print(f"evaluating {len(specs)} codec(s) on {len(dataset)} images of {dataset.name}, "
           f"detectors {args.detectors or 'none'}, device {device}", file=sys.stderr)
     curves = run_evaluation(
