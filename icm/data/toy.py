@@ -179,10 +179,7 @@ def _write_toy_dataset(root: Path, params: dict) -> None:
     for split, i in tqdm(jobs, desc="toy images", unit="img", disable=None):
         image_id = f"{split}_{i:05d}"
         pixels, objects, visible = render_toy_image(_image_rng(params, split, i), size, with_masks=True)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
-        (root / "JPEGImages" / f"{image_id}.png").write_bytes(buf.getvalue())
-        (root / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(f"{image_id}.png", size, objects))
+        _write_sample(root, image_id, size, pixels, objects)
         drawn[image_id] = objects
         masks[split].append(visible)
     for split in SPLITS:
@@ -234,6 +231,15 @@ def render_toy_image(rng: np.random.Generator, size: int, with_masks: bool = Fal
     if with_masks:
         return pixels, objects, [p["visible"] for p in placed]
     return pixels, objects
+
+
+def _write_sample(root: Path, image_id: str, size: int, pixels: np.ndarray, objects: list[dict]) -> None:
+    """One image (lossless PNG) and its VOC XML, each written atomically (a set being
+    completed may be read, or completed by another process, at the same time)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
+    atomic_write_bytes(root / "JPEGImages" / f"{image_id}.png", buf.getvalue())
+    atomic_write_bytes(root / "Annotations" / f"{image_id}.xml", _voc_xml(f"{image_id}.png", size, objects))
 
 
 def _write_masks(root: Path, split: str, size: int, objects: list[list[dict]], masks: list[list[np.ndarray]]) -> None:
@@ -290,10 +296,7 @@ def _write_shifted_split(root: Path, params: dict, count: int) -> None:
         image_id = f"{SHIFTED_SPLIT}_{i:05d}"
         pixels, objects, visible = render_toy_image(_image_rng(params, SHIFTED_SPLIT, i), size, with_masks=True,
                                                     domain=SHIFTED)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
-        atomic_write_bytes(root / "JPEGImages" / f"{image_id}.png", buf.getvalue())
-        atomic_write_bytes(root / "Annotations" / f"{image_id}.xml", _voc_xml(f"{image_id}.png", size, objects))
+        _write_sample(root, image_id, size, pixels, objects)
         drawn[image_id] = objects
         masks.append(visible)
     atomic_write_text(root / f"objects_{SHIFTED_SPLIT}.json", json.dumps(drawn, indent=1, sort_keys=True) + "\n")
