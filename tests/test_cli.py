@@ -93,7 +93,8 @@ def test_detector_weights_from_flags_and_configs():
         detector_weights(["no-equals"])
 
 
-def test_an_output_path_that_is_a_file_is_one_line_in_every_stage_cli(tmp_path, capsys):
+def stage_cli_runs(tmp_path, out) -> dict:
+    """Each stage CLI's main and a tiny run of it that writes into ``out``."""
     from helpers import toy_image
 
     from icm.aafg import train as stage_one
@@ -106,17 +107,20 @@ def test_an_output_path_that_is_a_file_is_one_line_in_every_stage_cli(tmp_path, 
     for i in range(2):
         write_image(images / f"{i}.png", toy_image(i, 32, 32))
     toy = make_toy_dataset(tmp_path / "toy", train=2, val=1, size=64)
-    taken = tmp_path / "taken"
-    taken.write_text("a file where the output folder should go")
-    runs = {
+    return {
         "stage one": (stage_one.main, ["--dataset", "TOY", "--data_root", str(toy), "--models", "toy_centernet",
                                        "--weights", "toy_centernet=none", "--meta_steps", "1", "--inner_steps", "1",
-                                       "--no_progress", "--out", str(taken)]),
+                                       "--no_progress", "--out", str(out)]),
         "stage two": (stage_two.main, ["--dataset", str(images), "--no_pretrained", "--N", "8", "--M", "8",
-                                       "--patch_size", "32", "--num_workers", "0", "--max_steps", "1", "--out", str(taken)]),
-        "evaluation": (evaluate.main, ["--dataset", str(images), "--codecs", "none", "--no_progress", "--out", str(taken)]),
+                                       "--patch_size", "32", "--num_workers", "0", "--max_steps", "1", "--out", str(out)]),
+        "evaluation": (evaluate.main, ["--dataset", str(images), "--codecs", "none", "--no_progress", "--out", str(out)]),
     }
-    for name, (main, argv) in runs.items():
+
+
+def test_an_output_path_that_is_a_file_is_one_line_in_every_stage_cli(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should go")
+    for name, (main, argv) in stage_cli_runs(tmp_path, taken).items():
         with pytest.raises(SystemExit) as e:
             main(argv)
         err = capsys.readouterr().err.strip().splitlines()
@@ -129,19 +133,8 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_in_every_stage_cli(
     where the folder would be made (what a read-only mount or a foreign folder gives)."""
     import errno
 
-    from helpers import toy_image
-
-    from icm.aafg import train as stage_one
-    from icm.compression import train as stage_two
-    from icm.data import make_toy_dataset
-    from icm.evaluation import evaluate
-    from icm.io import write_image
-
-    images = tmp_path / "images"
-    for i in range(2):
-        write_image(images / f"{i}.png", toy_image(i, 32, 32))
-    toy = make_toy_dataset(tmp_path / "toy", train=2, val=1, size=64)
     locked = tmp_path / "read_only"
+    runs = stage_cli_runs(tmp_path, locked / "out")
     real_mkdir = os.mkdir
 
     def mkdir(path, *args, **kwargs):
@@ -150,15 +143,6 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_in_every_stage_cli(
         return real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "mkdir", mkdir)
-    out = locked / "out"
-    runs = {
-        "stage one": (stage_one.main, ["--dataset", "TOY", "--data_root", str(toy), "--models", "toy_centernet",
-                                       "--weights", "toy_centernet=none", "--meta_steps", "1", "--inner_steps", "1",
-                                       "--no_progress", "--out", str(out)]),
-        "stage two": (stage_two.main, ["--dataset", str(images), "--no_pretrained", "--N", "8", "--M", "8",
-                                       "--patch_size", "32", "--num_workers", "0", "--max_steps", "1", "--out", str(out)]),
-        "evaluation": (evaluate.main, ["--dataset", str(images), "--codecs", "none", "--no_progress", "--out", str(out)]),
-    }
     for name, (main, argv) in runs.items():
         with pytest.raises(SystemExit) as e:
             main(argv)
