@@ -11,6 +11,16 @@ Detectors use random weights (speed does not depend on training). Target: <= 1.1
 Both clocks are reported: wall time (the definition) and this process's CPU time, which is
 the one to trust on a shared machine where other jobs stretch wall time unevenly. Use one
 thread there (the default): idle OpenMP threads spin, which inflates CPU time unevenly too.
+
+``--mixed_sizes 128x160,160x128,...`` measures batching of images of different sizes instead:
+
+    python benchmarks/bench_meta_aafg.py --mixed_sizes 128x160,160x128,144x144,128x128 --mixed_batches 1,4,8
+
+For each batch size B it augments the same images (the sizes in turn, ``--mixed_images`` of
+them) in batches of B, sorted as stage one sorts them, and reports images/s, the gradient
+passes per second (one model, one image) against the model set's own forward+backward speed
+at that batch on those images (the limit: ratio 1), and how far each image's result is from
+its batch-1 result (the share of 8-bit values that differ, and the largest difference).
 """
 
 from __future__ import annotations
@@ -85,6 +95,71 @@ def gradients_per_model(names: list[str], config: MetaAAFGConfig) -> Counter:
     return counts
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"128x160,160x128"`` -> [(128, 160), (160, 128)] (height x width)."""
+    try:
+        sizes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW,HxW,... got {text!r}") from None
+    if not sizes or any(len(size) != 2 or min(size) < 8 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected HxW,HxW,... with sides of at least 8, got {text!r}")
+    return sizes
+
+
+def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tuple[int, int]],
+                        num_images: int, batch_sizes: list[int]) -> dict:
+    """Images/s, gradient passes/s against the model set's forward+backward speed, and the
+    difference from batch 1, per batch size, on images of the sizes ``sizes`` in turn."""
+    from icm.aafg.engine import similar_size_batches
+    from icm.data.records import DetectionSample
+
+    gen = torch.Generator().manual_seed(0)
+    images, targets, samples = [], [], []
+    for i in range(num_images):
+        h, w = sizes[i % len(sizes)]
+        images.append(torch.randint(0, 256, (3, h, w), generator=gen).float() / 255)
+        box = torch.tensor([[w * 0.2, h * 0.25, w * 0.7, h * 0.8]])
+        targets.append({"boxes": box, "labels": torch.tensor([i % len(CLASSES)])})
+        samples.append(DetectionSample(id=str(i), image_path="", width=w, height=h))
+    results, reference = {}, None
+    for batch in batch_sizes:
+        order = [[int(s.id) for s in b] for b in similar_size_batches(samples, batch)]
+        out: dict[int, torch.Tensor] = {}
+        counter: Counter = Counter()
+
+        def run_all(order=order, out=out, counter=counter):
+            for rows in order:
+                augmented, _, _ = augment_batch([images[i] for i in rows], [targets[i] for i in rows], detectors,
+                                                config, counter=counter, ids=[str(i) for i in rows])
+                out.update(zip(rows, augmented))
+
+        wall, cpu = timed(run_all)
+        limit_cpu = 0.0  # the model set's forward+backward on the same batches, once per model
+        for rows in order:
+            for d in detectors.values():
+                limit_cpu += timed(lambda d=d, rows=rows: forward_backward_list(
+                    d, [images[i] for i in rows], [targets[i] for i in rows]))[1]
+        passes = counter["gradient_evaluations"]
+        row = {"images_per_second_wall": num_images / wall, "images_per_second_cpu": num_images / cpu,
+               "gradient_passes_per_cpu_second": passes / cpu,
+               "model_set_passes_per_cpu_second": num_images * len(detectors) / limit_cpu}
+        row["share_of_the_limit"] = row["gradient_passes_per_cpu_second"] / row["model_set_passes_per_cpu_second"]
+        if reference is None:
+            reference = out
+        levels = [((out[i] - reference[i]) * 255).round().abs() for i in range(num_images)]
+        row["share_of_values_differing_from_batch_1"] = sum(int((v > 0).sum()) for v in levels) / sum(
+            v.numel() for v in levels)
+        row["largest_difference_from_batch_1_levels"] = max(float(v.max()) for v in levels)
+        results[str(batch)] = row
+    return results
+
+
+def forward_backward_list(detector, images: list, targets: list) -> None:
+    """One loss forward + backward w.r.t. a list of images (of any sizes)."""
+    xs = [img.clone().requires_grad_(True) for img in images]
+    torch.autograd.grad(detector.loss(xs, targets), xs)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None, help="comma list (default: the small toy-sized models available)")
@@ -96,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, default=2, help="rounds: timed batches of augment_batch")
     p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per model per round")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--mixed_sizes", type=parse_sizes, default=None, metavar="HxW,...",
+                   help="measure batching of mixed sizes on these image sizes instead (see above)")
+    p.add_argument("--mixed_images", type=int, default=8, help="images per batch-size run of --mixed_sizes")
+    p.add_argument("--mixed_batches", default="1,4,8", help="batch sizes of --mixed_sizes, the first the reference")
     p.add_argument("--out", default=None, help="also write the result JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -109,8 +188,19 @@ def main(argv: list[str] | None = None) -> dict:
     if not names:
         raise SystemExit(f"no small detector registered; pass --models (available: {available()})")
     detectors = {n: build_detector(n, classes=CLASSES, num_classes=len(CLASSES), weights=None) for n in names}
-    images, targets = synthetic_batch(args.batch, args.size)
     config = MetaAAFGConfig(meta_steps=args.meta_steps, inner_steps=args.inner_steps, meta=args.meta == "on")
+    if args.mixed_sizes:
+        batch_sizes = [int(b) for b in args.mixed_batches.split(",")]
+        result = {"models": names, "sizes": [f"{h}x{w}" for h, w in args.mixed_sizes], "images": args.mixed_images,
+                  "meta_steps": args.meta_steps, "inner_steps": args.inner_steps, "threads": args.threads,
+                  "device": "cpu", "torch": torch.__version__,
+                  "by_batch_size": mixed_size_batching(detectors, config, args.mixed_sizes, args.mixed_images,
+                                                       batch_sizes)}
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    images, targets = synthetic_batch(args.batch, args.size)
 
     budget = gradient_budget(config, len(names))
     counts = gradients_per_model(names, config)

@@ -126,10 +126,12 @@ def shard(text: str) -> tuple[int, int]:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    """``auto`` -> CUDA when present, else CPU. Under torchrun local rank r gets GPU
+    r mod (GPUs on the machine), so ``--nproc_per_node`` may exceed them (several
+    processes per GPU)."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

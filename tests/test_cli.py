@@ -61,6 +61,14 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+def test_torchrun_local_ranks_share_the_gpus_there_are(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for local_rank, gpu in [(0, 0), (1, 1), (2, 0), (5, 1)]:
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        assert resolve_device("auto") == torch.device("cuda", gpu)
+
+
 def test_user_errors_become_one_line(capsys, monkeypatch):
     monkeypatch.delenv("ICM_DEBUG", raising=False)
 

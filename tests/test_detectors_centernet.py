@@ -322,3 +322,46 @@ def test_small_skips_add_backbone_features_after_each_upsampling():
         plain = net.hm(net.deconv_layers(net.layer4(net.layer3(net.layer2(net.layer1(stem))))))
     assert with_skips.shape == (2, len(TOY), 16, 24)
     assert torch.allclose(silent, plain, atol=1e-6) and not torch.allclose(with_skips, plain, atol=1e-4)
+
+
+def _reference_heatmap(boxes, labels, num_classes, out_h, out_w):
+    """The official drawing, one box at a time: a (2r+1)^2 gaussian window maxed into the map."""
+    hm = torch.zeros(num_classes, out_h, out_w)
+    for (x1, y1, x2, y2), label in zip((boxes / 4).tolist(), labels.tolist()):
+        x1, x2 = min(max(x1, 0), out_w), min(max(x2, 0), out_w)
+        y1, y2 = min(max(y1, 0), out_h), min(max(y2, 0), out_h)
+        if x2 <= x1 or y2 <= y1 or label < 0:
+            continue
+        cx, cy = min(int((x1 + x2) / 2), out_w - 1), min(int((y1 + y2) / 2), out_h - 1)
+        r = max(0, int(gaussian_radius(math.ceil(y2 - y1), math.ceil(x2 - x1))))
+        sigma = (2 * r + 1) / 6
+        for y in range(max(cy - r, 0), min(cy + r + 1, out_h)):
+            for x in range(max(cx - r, 0), min(cx + r + 1, out_w)):
+                g = math.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma * sigma))
+                hm[label, y, x] = max(hm[label, y, x].item(), g if g >= torch.finfo(torch.float32).eps else 0.0)
+    return hm
+
+
+def test_encode_targets_matches_the_per_box_drawing_and_weights_out_what_adds_nothing():
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(12, 2, generator=gen) * 100 - 10
+    wh = torch.rand(12, 2, generator=gen) * 60
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[3] = torch.tensor([20.0, 20.0, 20.0, 40.0])  # empty
+    boxes[4] = boxes[5] + 2.0  # overlaps box 5, same class below
+    labels = torch.tensor([0, 1, 2, 1, 2, 2, 0, -1, 1, 0, 2, 1])
+    t = encode_targets(boxes, labels, 3, 24, 28)
+    reference = _reference_heatmap(boxes, labels, 3, 24, 28)
+    assert torch.allclose(t["heatmap"], reference, atol=1e-6)
+    assert t["weight"].tolist() == [0.0 if i in (3, 7) else 1.0 for i in range(12)]
+    assert t["index"].shape == (12,) and t["size"].shape == t["offset"].shape == (12, 2)
+    assert (t["offset"][t["weight"] > 0] >= 0).all() and (t["offset"][t["weight"] > 0] < 1).all()
+
+
+def test_loss_ignores_boxes_that_add_nothing():
+    detector = CenterNet(["a", "b"], arch="small")
+    image = torch.rand(1, 3, 64, 64)
+    box = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 36.0]]), "labels": torch.tensor([1])}
+    padded = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 36.0], [5.0, 5.0, 5.0, 30.0], [1.0, 1.0, 9.0, 9.0]]),
+              "labels": torch.tensor([1, 0, 7])}
+    assert detector.loss(image, [box]).item() == pytest.approx(detector.loss(image, [padded]).item(), rel=1e-6)

@@ -474,3 +474,37 @@ def test_trained_toy_detectors_helpful_lowers_and_harmful_raises_every_loss():
     _, _, harmful = augment_batch(images, targets, detectors, MetaAAFGConfig(**cfg, direction="harmful"))
     for name in models:
         assert helpful[name].mean() < before[name].mean() < harmful[name].mean(), name
+
+
+@pytest.mark.parametrize("option", [{}, {"meta": False}, {"sample_models": 2}, {"diversity": 0.7},
+                                    {"smooth": 3, "delta_scale": 3}])
+def test_a_batch_of_mixed_sizes_gives_each_image_its_batch_1_result(option):
+    models = {**fake_set(3), "s": Sampling([]).freeze()}
+    cfg = small_config(meta_steps=3, inner_steps=2, **option)
+    gen = torch.Generator().manual_seed(3)
+    sizes = [(20, 26), (25, 17), (20, 26), (16, 16)]
+    images = [torch.randint(0, 256, (3, h, w), generator=gen).float() / 255 for h, w in sizes]
+    targets = [{"boxes": torch.tensor([[2.0, 3.0, 14.0, 15.0]]), "labels": torch.tensor([1])} for _ in sizes]
+    ids = ["a", "b", "c", "d"]
+    together, before, after = augment_batch(images, targets, models, cfg, ids=ids, seed=7)
+    assert isinstance(together, list) and [tuple(a.shape[1:]) for a in together] == sizes
+    assert before["m0"].shape == after["m0"].shape == (4,)
+    for i in range(4):
+        alone, alone_before, alone_after = augment_batch(images[i][None], targets[i : i + 1], models, cfg,
+                                                         ids=[ids[i]], seed=7)
+        assert torch.equal(together[i], alone[0])
+        assert torch.allclose(before["m0"][i], alone_before["m0"][0]) and torch.allclose(after["m0"][i], alone_after["m0"][0])
+        delta = ((together[i] - images[i]) * 255).round().abs()
+        assert 0 < delta.max() <= 8 and torch.equal(together[i] * 255, (together[i] * 255).round())
+
+
+def test_image_sizes_and_batch_pads_bottom_right_and_rejects_bad_shapes():
+    from icm.aafg.meta_aafg import image_sizes_and_batch
+
+    sizes, padded = image_sizes_and_batch([torch.ones(3, 4, 6), torch.full((3, 5, 2), 0.5)])
+    assert sizes == [(4, 6), (5, 2)] and padded.shape == (2, 3, 5, 6)
+    assert padded[0, :, 4:].abs().sum() == 0 and padded[0, :, :4].min() == 1
+    assert padded[1, :, :, 2:].abs().sum() == 0 and padded[1, :, :, :2].min() == 0.5
+    for bad in ([torch.ones(1, 4, 4)], [], torch.ones(3, 4, 4)):
+        with pytest.raises(ValueError, match="expected images"):
+            image_sizes_and_batch(bad)

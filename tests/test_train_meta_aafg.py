@@ -65,13 +65,14 @@ def test_help_lists_every_flag_with_its_default():
                  "--meta_steps", "--inner_steps", "--alpha_in", "--alpha_out", "--direction", "--meta",
                  "--targets", "--batch_size", "--device", "--limit", "--shard", "--seed", "--save_path",
                  "--max_failures", "--pseudo_threshold", "--sample_models", "--diversity", "--smooth",
-                 "--delta_scale", "--codec_aware"]:
+                 "--delta_scale", "--codec_aware", "--autocast"]:
         assert flag in text, flag
     for official in ["MGAA's official run: 16/255", "MGAA: 8", "MGAA: 6 of its 10", "MGAA: 0.7",
                      "MGAA: 15, sigma 2.33 px", "EXTENSION beyond the paper"]:
         assert official in text, official
     for default in ["(default: 8/255)", "(default: yolov3,faster_rcnn,centernet)", "(default: 10)",
-                    "(default: helpful)", "(default: on)", "(default: gt)", "(default: ./augmented_data)"]:
+                    "(default: helpful)", "(default: on)", "(default: gt)", "(default: ./augmented_data)",
+                    "(default: bf16)", "None: 8 on CUDA, 1 on CPU"]:
         assert default in text, default
     args = cli.parse_args(["--epsilon", "8/255", "--weights", "yolov3=a.pt", "--shard", "1/4"])
     assert args.epsilon == pytest.approx(8 / 255) and args.models == cli.DEFAULT_MODELS
@@ -213,6 +214,29 @@ def test_batches_hold_one_size():
     samples = [DetectionSample(id=str(i), image_path="x", width=10 + i % 2, height=10) for i in range(7)]
     batches = engine.equal_size_batches(samples, 3)
     assert [[s.id for s in b] for b in batches] == [["0", "2", "4"], ["6"], ["1", "3", "5"]]
+
+
+def test_stage_one_batches_mix_sizes_grouped_by_shape():
+    shapes = [(10, 20), (20, 10), (10, 21), (20, 10), (12, 24), (10, 20), (30, 30)]
+    samples = [DetectionSample(id=str(i), image_path="x", width=w, height=h) for i, (h, w) in enumerate(shapes)]
+    batches = engine.similar_size_batches(samples, 3)
+    assert [[s.id for s in b] for b in batches] == [["1", "3", "6"], ["0", "5", "4"], ["2"]]
+
+
+def test_mixed_size_batches_write_the_images_of_batch_1(tmp_path):
+    sizes = ((24, 32), (20, 20), (31, 17))
+    paths = write_folder(tmp_path / "src", 6, sizes=sizes)
+    samples = [DetectionSample(id=p.stem, image_path=p, width=sizes[i % 3][1], height=sizes[i % 3][0],
+                               boxes=np.array([[2, 2, 14, 12]], np.float32), labels=np.array([1]))
+               for i, p in enumerate(paths)]
+    alone = run(samples, tmp_path / "alone", batch_size=1)
+    mixed = run(samples, tmp_path / "mixed", batch_size=4)
+    assert alone.done == mixed.done == 6 and alone.gradient_evaluations == mixed.gradient_evaluations
+    for p in paths:
+        a, m = (read_image_tensor(tmp_path / d / "images" / f"{p.stem}.png") for d in ("alone", "mixed"))
+        assert a.shape == read_image_tensor(p).shape and torch.equal(a, m)
+    records = {r["id"]: r for r in read_jsonl(tmp_path / "mixed" / "manifest.jsonl")}
+    assert [(records[p.stem]["height"], records[p.stem]["width"]) for p in paths] == list(sizes) * 2
 
 
 # A process that does one shard of a folder (the run loop only: the CLI's --shard parsing is

@@ -1,5 +1,5 @@
-"""The stage-one run loop: which images this process does, in batches of equal size, written
-atomically and resumably to the output folder.
+"""The stage-one run loop: which images this process does, in batches (of similar sizes),
+written atomically and resumably to the output folder.
 
 Output folder (read by stage two)::
 
@@ -106,6 +106,14 @@ def equal_size_batches(samples: Sequence[DetectionSample], batch_size: int) -> l
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
+def similar_size_batches(samples: Sequence[DetectionSample], batch_size: int) -> list[list[DetectionSample]]:
+    """Batches of at most ``batch_size`` samples of any sizes: sorted by aspect ratio, then
+    area, by their recorded sizes (little padding, as torchvision's aspect-ratio grouping),
+    equal sizes together; an image's result does not depend on its batch-mates."""
+    ordered = sorted(samples, key=lambda s: (s.width / max(s.height, 1), s.height * s.width))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
 def gt_targets(sample: DetectionSample, device: torch.device) -> dict[str, torch.Tensor]:
     """A sample's boxes and labels as loss targets (COCO crowd boxes left out, as in training)."""
     keep = ~sample.iscrowd
@@ -164,19 +172,16 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _read_batch(batch, summary):
-    """Read a batch's images; unreadable ones are counted, warned about and left out.
-    Returns the readable ones grouped by their actual size (the records may be wrong)."""
-    by_size: dict[tuple[int, int], list] = defaultdict(list)
+def _read_batch(batch, summary, device) -> list[tuple[DetectionSample, torch.Tensor]]:
+    """Read a batch's images; unreadable ones are counted, warned about and left out."""
+    readable = []
     for sample in batch:
         try:
-            image = read_image_tensor(sample.image_path)
+            readable.append((sample, read_image_tensor(sample.image_path).to(device)))
         except ImageReadError as e:
             warnings.warn(f"skipping {sample.id}: {e}", stacklevel=2)
             summary.failed.append((sample.id, str(e)))
-            continue
-        by_size[tuple(image.shape[1:])].append((sample, image))
-    return list(by_size.values())
+    return readable
 
 
 def run_stage_one(
@@ -239,39 +244,40 @@ def augment_shard(
     start = time.perf_counter()
     desc = "Meta-AAFG" if shard[1] == 1 else f"Meta-AAFG shard {shard[0]}/{shard[1]}"
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
-    for batch in equal_size_batches(todo, batch_size):
-        groups = _read_batch(batch, summary)
-        bar.update(len(batch) - sum(len(g) for g in groups))  # the unreadable ones
-        for group in groups:
-            group_samples = [s for s, _ in group]
-            images = torch.stack([img for _, img in group]).to(device)
-            batch_targets = "pseudo" if targets == "pseudo" else [gt_targets(s, device) for s in group_samples]
-            augmented, before, after = augment_batch(
-                images, batch_targets, detectors, config, counter,
-                ids=[s.id for s in group_samples], seed=seed, codec=codec,
+    for batch in similar_size_batches(todo, batch_size):
+        readable = _read_batch(batch, summary, device)
+        bar.update(len(batch) - len(readable))  # the unreadable ones
+        if not readable:
+            continue
+        batch_samples = [s for s, _ in readable]
+        images = [img for _, img in readable]
+        batch_targets = "pseudo" if targets == "pseudo" else [gt_targets(s, device) for s in batch_samples]
+        augmented, before, after = augment_batch(
+            images, batch_targets, detectors, config, counter,
+            ids=[s.id for s in batch_samples], seed=seed, codec=codec,
+        )
+        for i, sample in enumerate(batch_samples):
+            relpath = output_relpath(sample.id)
+            dest = save_path / relpath
+            if dest.resolve().parent != images_dir:  # safe_stem makes this impossible
+                raise ValueError(f"image id {sample.id!r} would be written outside {images_dir}")
+            write_image(dest, augmented[i].cpu())
+            record = manifest_record(
+                sample.id, sample.image_path, relpath, images[i].shape[1], images[i].shape[2],
+                float(linf_8bit(augmented[i][None], images[i][None])[0]),
+                {k: float(v[i]) for k, v in before.items()},
+                {k: float(v[i]) for k, v in after.items()},
             )
-            linf = linf_8bit(augmented, images).cpu()
-            for i, sample in enumerate(group_samples):
-                relpath = output_relpath(sample.id)
-                dest = save_path / relpath
-                if dest.resolve().parent != images_dir:  # safe_stem makes this impossible
-                    raise ValueError(f"image id {sample.id!r} would be written outside {images_dir}")
-                write_image(dest, augmented[i].cpu())
-                record = manifest_record(
-                    sample.id, sample.image_path, relpath, images.shape[2], images.shape[3], float(linf[i]),
-                    {k: float(v[i]) for k, v in before.items()},
-                    {k: float(v[i]) for k, v in after.items()},
-                )
-                append_jsonl(save_path / MANIFEST, record)
-                summary.done += 1
-                summary.linf.append(record["linf"])
-                for name in detectors:
-                    summary.loss_before[name].append(record["loss_before"][name])
-                    summary.loss_after[name].append(record["loss_after"][name])
-                if on_image_written is not None:
-                    on_image_written(record)
-            bar.update(len(group_samples))
-            bar.set_postfix_str(_running_losses(summary), refresh=False)
+            append_jsonl(save_path / MANIFEST, record)
+            summary.done += 1
+            summary.linf.append(record["linf"])
+            for name in detectors:
+                summary.loss_before[name].append(record["loss_before"][name])
+                summary.loss_after[name].append(record["loss_after"][name])
+            if on_image_written is not None:
+                on_image_written(record)
+        bar.update(len(batch_samples))
+        bar.set_postfix_str(_running_losses(summary), refresh=False)
     bar.close()
     summary.gradient_evaluations = counter["gradient_evaluations"]
     summary.seconds = time.perf_counter() - start

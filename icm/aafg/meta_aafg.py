@@ -52,8 +52,17 @@ Choices the paper leaves open, made here:
 - Every random draw (model subsets, diversity, Faster R-CNN's samplers, codec noise) comes
   from one generator per image, seeded from the run's seed and the image id, so an image's
   perturbation depends neither on its batch-mates nor on the order of processing. Detectors
-  whose loss samples get a fresh seed at every gradient evaluation; their before / after
-  scores use one further draw, the same for both.
+  whose loss samples get a fresh seed at every gradient evaluation (so one loss per image);
+  their before / after scores use one further draw, the same for both.
+- A batch may hold images of different sizes. They are kept zero-padded to the largest;
+  each image's gradient is cropped to its own size before smoothing, pooling and
+  normalisation, and its step is upsampled to its own size, so all of the algorithm's own
+  arithmetic is per image. The detectors get the images at their own sizes, as a list, and
+  batch them as in their own training (torchvision's and CenterNet's bottom-right padding,
+  YOLO's centred letterbox). An image's result is then exactly its batch-1 result when a
+  detector's loss treats the images of a batch independently; with a real detector the
+  common canvas changes the padding its features see at the image borders, a difference
+  ``benchmarks/bench_meta_aafg.py --sizes`` measures.
 - The perturbation is always fp32; on CUDA only the detector forwards run under bf16
   autocast (fp16/bf16 spacing near 1.0 would swallow steps of 1/255).
 - Targets are fixed for the whole run: ground truth, or each detector's own predictions on
@@ -245,6 +254,43 @@ class _Run:
     config: MetaAAFGConfig
     codec: Reconstruction | None
     counter: Counter | None
+    sizes: list[tuple[int, int]]  # each image's (H, W); the batch is zero-padded to the largest
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return max(h for h, _ in self.sizes), max(w for _, w in self.sizes)
+
+    def _transform(self, grad: torch.Tensor, images: Sequence[int]) -> torch.Tensor:
+        """nrm(pool_S(smooth_K(grad))) of each row at its image's size, zero-padded to the
+        batch's (pooled) size."""
+        config = self.config
+
+        def transform(g: torch.Tensor) -> torch.Tensor:
+            if config.smooth:
+                g = smooth_gradient(g, config.smooth)
+            return normalise(pool_gradient(g, config.delta_scale))
+
+        if all(self.sizes[i] == tuple(grad.shape[-2:]) for i in images):
+            return transform(grad)
+        scale = config.delta_scale
+        out = grad.new_zeros(*grad.shape[:2], *(-(-n // scale) for n in grad.shape[-2:]))
+        for row, i in enumerate(images):
+            h, w = self.sizes[i]
+            g = transform(grad[row : row + 1, :, :h, :w])
+            out[row : row + 1, :, : g.shape[-2], : g.shape[-1]] = g
+        return out
+
+    def direction(self, mu: torch.Tensor) -> torch.Tensor:
+        """up_S(sign(mu)) of each image at its own size, zero-padded to the batch's size."""
+        padded = self.padded_size
+        if all(size == padded for size in self.sizes):
+            return step_direction(mu, padded)
+        scale = self.config.delta_scale
+        out = mu.new_zeros(*mu.shape[:2], *padded)
+        for i, (h, w) in enumerate(self.sizes):
+            low = mu[i : i + 1, :, : -(-h // scale), : -(-w // scale)]
+            out[i : i + 1, :, :h, :w] = step_direction(low, (h, w))
+        return out
 
     def gradient(self, name: str, x: torch.Tensor, images: Sequence[int]) -> torch.Tensor:
         """g(name, x) for the images ``images`` of the batch (x holds just those rows)."""
@@ -254,7 +300,8 @@ class _Run:
         inputs, targets, seeds = [], [], []
         for row, i in enumerate(images):
             generator = self.generators[i]
-            xi, ti = x[row], self.targets[name][i]
+            h, w = self.sizes[i]
+            xi, ti = x[row, :, :h, :w], self.targets[name][i]
             if self.codec is not None:
                 with _seeded(_draw_seed(generator), x.device):
                     xi = self.codec(xi[None])[0]
@@ -264,11 +311,12 @@ class _Run:
             targets.append(ti)
             seeds.append(_draw_seed(generator) if samples else None)
         with _forward_context(x, config):
-            if samples or len({tuple(xi.shape) for xi in inputs}) > 1:
-                # One loss per image: its own random draws, its own size.
+            if samples:  # one loss per image: its own random draws
                 loss = sum(_loss(detector, [xi], [ti], s) for xi, ti, s in zip(inputs, targets, seeds))
-            else:
+            elif len({tuple(xi.shape) for xi in inputs}) == 1:
                 loss = detector.loss(torch.stack(inputs), targets)
+            else:  # sizes differ: the detector batches them its own way
+                loss = detector.loss(inputs, targets)
         if self.counter is not None:
             self.counter["gradient_evaluations"] += len(images)
         if not loss.requires_grad:  # e.g. no target and nothing detected: loss does not see x
@@ -276,9 +324,7 @@ class _Run:
         else:
             (grad,) = torch.autograd.grad(loss.float(), x, allow_unused=True)
             grad = torch.zeros_like(x) if grad is None else grad.float()
-        if config.smooth:
-            grad = smooth_gradient(grad, config.smooth)
-        return normalise(pool_gradient(grad, config.delta_scale))
+        return self._transform(grad, images)
 
     def accumulate(self, mu: torch.Tensor, x: torch.Tensor, models: list[list[str]]) -> None:
         """mu[i] += sum of g(m, x[i]) over the models ``models[i]`` of each image i; each model
@@ -292,7 +338,7 @@ class _Run:
 def _meta_attack(x0: torch.Tensor, run: _Run) -> torch.Tensor:
     """The meta-train / meta-test loop of the module docstring; returns x in fp32."""
     config, names = run.config, list(run.detectors)
-    s, eps, size = config.sign, config.epsilon, tuple(x0.shape[-2:])
+    s, eps = config.sign, config.epsilon
     x = x0.clone()
     mu = torch.zeros_like(pool_gradient(x0, config.delta_scale))
     for t in range(config.meta_steps):
@@ -309,9 +355,9 @@ def _meta_attack(x0: torch.Tensor, run: _Run) -> torch.Tensor:
         xt = x.clone()
         for _ in range(config.inner_steps):
             run.accumulate(mu, xt, meta_train)
-            xt = project(xt + s * config.step_in * step_direction(mu, size), x0, eps)
+            xt = project(xt + s * config.step_in * run.direction(mu), x0, eps)
         run.accumulate(mu, xt, held_out)
-        xh = (xt + s * config.step_out * step_direction(mu, size)).clamp(0.0, 1.0)
+        xh = (xt + s * config.step_out * run.direction(mu)).clamp(0.0, 1.0)
         x = project(x + (xh - xt), x0, eps)
     return x
 
@@ -321,7 +367,7 @@ def _ensemble_pgd(x0: torch.Tensor, run: _Run) -> torch.Tensor:
     config, names = run.config, list(run.detectors)
     budget = gradient_budget(config, len(names))
     group = config.subset_size(len(names))
-    s, eps, size = config.sign, config.epsilon, tuple(x0.shape[-2:])
+    s, eps = config.sign, config.epsilon
     x = x0.clone()
     mu = torch.zeros_like(pool_gradient(x0, config.delta_scale))
     for start in range(0, budget, group):
@@ -332,15 +378,16 @@ def _ensemble_pgd(x0: torch.Tensor, run: _Run) -> torch.Tensor:
         else:
             models = [names[:count]] * len(x0)
         run.accumulate(mu, x, models)
-        x = project(x + s * config.step_in * step_direction(mu, size), x0, eps)
+        x = project(x + s * config.step_in * run.direction(mu), x0, eps)
     return x
 
 
 @torch.no_grad()
-def per_image_losses(detectors: Mapping[str, Detector], images: torch.Tensor,
+def per_image_losses(detectors: Mapping[str, Detector], images: torch.Tensor | Sequence[torch.Tensor],
                      targets: Mapping[str, list], config: MetaAAFGConfig,
                      seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-    """Each detector's loss on each image separately: {name: float tensor [B] on CPU}.
+    """Each detector's loss on each image (a batch [B, 3, H, W] or a list of [3, H, W])
+    separately: {name: float tensor [B] on CPU}.
 
     A detector whose loss samples (Faster R-CNN) draws from ``seeds[i]`` for image i (None:
     the detector's default seed), so scoring the clean and the augmented image with the same
@@ -349,10 +396,10 @@ def per_image_losses(detectors: Mapping[str, Detector], images: torch.Tensor,
     out = {}
     for name, detector in detectors.items():
         values = []
-        for i in range(len(images)):
+        for i, image in enumerate(images):
             seed = None if seeds is None else seeds[i]
-            with _forward_context(images, config):
-                values.append(_loss(detector, images[i : i + 1], targets[name][i : i + 1], seed).float())
+            with _forward_context(image, config):
+                values.append(_loss(detector, image[None], targets[name][i : i + 1], seed).float())
         out[name] = torch.stack(values).cpu()
     return out
 
@@ -370,7 +417,7 @@ def as_detector_dict(detectors: Mapping[str, Detector] | Sequence[Detector]) -> 
     return named
 
 
-def fixed_targets(images: torch.Tensor, targets, detectors: Mapping[str, Detector]) -> dict[str, list]:
+def fixed_targets(images: Sequence[torch.Tensor], targets, detectors: Mapping[str, Detector]) -> dict[str, list]:
     """The targets each detector's loss uses for the whole batch.
 
     ``targets`` is a list of ground-truth dicts (shared by all detectors), ``"pseudo"``
@@ -381,14 +428,31 @@ def fixed_targets(images: torch.Tensor, targets, detectors: Mapping[str, Detecto
         if targets != "pseudo":
             raise ValueError(f"targets must be ground-truth dicts or 'pseudo', got {targets!r}")
         # In full precision (one forward per model and batch): bf16 boxes would be coarse.
-        return {name: d.pseudo_targets(list(images.detach())) for name, d in detectors.items()}
+        return {name: d.pseudo_targets([img.detach() for img in images]) for name, d in detectors.items()}
     if isinstance(targets, Mapping):
         return {name: targets[name] for name in detectors}
     return {name: targets for name in detectors}
 
 
+def image_sizes_and_batch(images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """(each image's (H, W), the images zero-padded bottom/right to one fp32 batch)."""
+    image_list = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.dim() == 4 else list(images)
+    if isinstance(images, torch.Tensor) and images.dim() != 4 or not image_list:
+        raise ValueError(f"expected images [B, 3, H, W] or a list of [3, H, W], got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else 'an empty list'}")
+    for img in image_list:
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"expected images [3, H, W], got {tuple(img.shape)}")
+    sizes = [(int(img.shape[1]), int(img.shape[2])) for img in image_list]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    batch = image_list[0].new_zeros(len(image_list), 3, height, width, dtype=torch.float32)
+    for i, (img, (h, w)) in enumerate(zip(image_list, sizes)):
+        batch[i, :, :h, :w] = img.detach()
+    return sizes, batch
+
+
 def augment_batch(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     targets,
     detectors: Mapping[str, Detector] | Sequence[Detector],
     config: MetaAAFGConfig,
@@ -397,10 +461,11 @@ def augment_batch(
     seed: int = 0,
     codec: Reconstruction | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Meta-AAFG on one batch of equal-size images.
+    """Meta-AAFG on one batch of images.
 
     Args:
-        images: float [B, 3, H, W] in [0, 1] (8-bit values), on the detectors' device.
+        images: float [B, 3, H, W] in [0, 1] (8-bit values), on the detectors' device, or
+            a list of [3, H_i, W_i] of any sizes (see the module docstring).
         targets: list of B ground-truth dicts (``boxes`` xyxy pixels, ``labels``),
             ``"pseudo"``, or {name: list of B dicts}.
         detectors: the model set, {name: Detector} (or a sequence keyed by ``.name``).
@@ -413,24 +478,26 @@ def augment_batch(
             :func:`icm.codec.noisy_reconstruction` bound to a model), or None.
 
     Returns:
-        (augmented [B, 3, H, W] rounded to multiples of 1/255, loss before {name: [B]} on x0,
-        loss after {name: [B]} on the augmented images), losses per image on CPU.
+        (augmented images rounded to multiples of 1/255, as a batch [B, 3, H, W] or as a list
+        like ``images``; loss before {name: [B]} on x0; loss after {name: [B]} on the
+        augmented images), losses per image on CPU.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
+    sizes, x0 = image_sizes_and_batch(images)
     detectors = as_detector_dict(detectors)
-    ids = [str(i) for i in range(len(images))] if ids is None else list(ids)
-    if len(ids) != len(images):
-        raise ValueError(f"{len(images)} images but {len(ids)} ids")
+    ids = [str(i) for i in range(len(sizes))] if ids is None else list(ids)
+    if len(ids) != len(sizes):
+        raise ValueError(f"{len(sizes)} images but {len(ids)} ids")
     generators = [torch.Generator().manual_seed(image_seed(seed, image_id)) for image_id in ids]
     score_seeds = [_draw_seed(g) for g in generators]
-    x0 = images.detach().float()
-    targets = fixed_targets(x0, targets, detectors)
-    losses_before = per_image_losses(detectors, x0, targets, config, score_seeds)
-    run = _Run(detectors, targets, generators, config, codec, counter)
+    clean = [x0[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
+    targets = fixed_targets(clean, targets, detectors)
+    losses_before = per_image_losses(detectors, clean, targets, config, score_seeds)
+    run = _Run(detectors, targets, generators, config, codec, counter, sizes)
     x = (_meta_attack if config.meta else _ensemble_pgd)(x0, run)
-    augmented = torch.round(x * 255.0) / 255.0
+    augmented = [(torch.round(x[i, :, :h, :w] * 255.0) / 255.0) for i, (h, w) in enumerate(sizes)]
     losses_after = per_image_losses(detectors, augmented, targets, config, score_seeds)
+    if isinstance(images, torch.Tensor):
+        return torch.stack(augmented), losses_before, losses_after
     return augmented, losses_before, losses_after
 
 

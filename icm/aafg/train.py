@@ -74,6 +74,9 @@ def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta_scale", type=positive_int, default=1,
                    help="S: optimise the perturbation at 1/S resolution (gradients pooled over SxS blocks, "
                    "steps upsampled bilinearly); 1: full resolution (MGAA: 1)")
+    p.add_argument("--autocast", choices=["bf16", "off"], default="bf16",
+                   help="bf16: detector forwards under bf16 autocast on CUDA (the perturbation stays fp32); "
+                   "off: fp32. No effect on CPU")
     p.add_argument("--codec_aware", default=None, metavar="CODEC",
                    help="EXTENSION beyond the paper, off by default: take the detectors' losses on the frozen "
                    "anchor codec's reconstruction, with CompressAI's additive-noise proxy for quantisation. "
@@ -87,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> MetaAAFGConfig:
         epsilon=args.epsilon, meta_steps=args.meta_steps, inner_steps=args.inner_steps,
         alpha_in=args.alpha_in, alpha_out=args.alpha_out, direction=args.direction,
         meta=args.meta == "on", sample_models=args.sample_models, diversity=args.diversity,
-        smooth=args.smooth, delta_scale=args.delta_scale,
+        smooth=args.smooth, delta_scale=args.delta_scale, autocast=args.autocast == "bf16",
     )
 
 
@@ -113,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gt: the dataset's boxes; pseudo: each detector's predictions on the clean image")
     p.add_argument("--pseudo_threshold", type=probability, default=None,
                    help="score threshold of pseudo targets; None: each detector's own")
-    p.add_argument("--batch_size", type=positive_int, default=1, help="images per batch (batches hold one image size)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch_size", type=positive_int, default=None,
+                   help="images per batch, of any sizes (each image's result is its own; see meta_aafg.py); "
+                   "None: 8 on CUDA, 1 on CPU")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun local rank r "
+                   "takes GPU r mod the GPU count), cpu, cuda, cuda:1, ...")
     p.add_argument("--limit", type=limit, default=None, help="only the first N images of the split")
     p.add_argument("--shard", type=shard, default=None, metavar="I/N",
                    help="do shard I of N (combined with torchrun's RANK/WORLD_SIZE when set)")
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         args.shard, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     )
     torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # a handful of input sizes per model set: tuned once each
+    batch_size = args.batch_size or (8 if device.type == "cuda" else 1)
     config = config_from_args(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
 
@@ -208,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     mine = len(shard_samples(samples, shard_index, shard_count))
     print(f"Meta-AAFG: {mine} of {len(samples)} images of {dataset.name}/{args.split} "
           f"(shard {shard_index}/{shard_count}), models {names}, meta {args.meta}, "
-          f"{gradient_budget(config, len(names))} gradient evaluations per image, device {device}",
+          f"{gradient_budget(config, len(names))} gradient evaluations per image, device {device}, "
+          f"batches of {batch_size}",
           file=sys.stderr)
 
     summary = run_stage_one(
-        samples, detectors, config, save_path, targets=args.targets, batch_size=args.batch_size,
+        samples, detectors, config, save_path, targets=args.targets, batch_size=batch_size,
         device=device, seed=args.seed, shard=(shard_index, shard_count), progress=not args.no_progress,
         codec=codec, force_unlock=args.force_unlock,
     )

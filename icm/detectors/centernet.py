@@ -215,10 +215,12 @@ class CenterNetNet(nn.Module):
 # ----------------------------------------------------------------------------- targets and loss
 
 
-def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
+def gaussian_radius(height, width, min_overlap: float = 0.7):
     """CornerNet's gaussian radius for a box of ``height`` x ``width`` (output pixels), as the
     official CenterNet computes it: the smallest of three quadratic roots (corners moved
-    together inside, outside, or one in and one out), each taken as ``(b + sqrt(disc)) / 2``."""
+    together inside, outside, or one in and one out), each taken as ``(b + sqrt(disc)) / 2``.
+    Numbers give a float; tensors give a tensor of radii, element-wise."""
+    sqrt, minimum = (torch.sqrt, torch.minimum) if isinstance(height, torch.Tensor) else (math.sqrt, min)
     area = height * width
     roots = []
     for a, b, c in (
@@ -226,62 +228,50 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
         (4.0, 2 * (height + width), (1 - min_overlap) * area),
         (4.0 * min_overlap, -2 * min_overlap * (height + width), (min_overlap - 1) * area),
     ):
-        roots.append((b + math.sqrt(b * b - 4 * a * c)) / 2)
-    return min(roots)
-
-
-def gaussian_kernel(radius: int) -> torch.Tensor:
-    """A (2r+1)^2 gaussian with sigma = diameter / 6 and peak 1; tiny tails set to 0."""
-    diameter = 2 * radius + 1
-    sigma = diameter / 6
-    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2 * sigma * sigma))
-    kernel[kernel < torch.finfo(torch.float32).eps * kernel.max()] = 0
-    return kernel
-
-
-def draw_gaussian(heatmap: torch.Tensor, cx: int, cy: int, radius: int) -> None:
-    """Max a gaussian of ``radius`` centred on (cx, cy) into ``heatmap`` [H, W] in place."""
-    height, width = heatmap.shape
-    kernel = gaussian_kernel(radius).to(heatmap)
-    left, right = min(cx, radius), min(width - cx, radius + 1)
-    top, bottom = min(cy, radius), min(height - cy, radius + 1)
-    region = heatmap[cy - top : cy + bottom, cx - left : cx + right]
-    patch = kernel[radius - top : radius + bottom, radius - left : radius + right]
-    torch.maximum(region, patch, out=region)
+        roots.append((b + sqrt(b * b - 4 * a * c)) / 2)
+    return minimum(minimum(roots[0], roots[1]), roots[2])
 
 
 def encode_targets(
     boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, out_height: int, out_width: int
 ) -> dict[str, torch.Tensor]:
-    """Ground truth of one image -> CenterNet training targets at output stride 4.
+    """Ground truth of one image -> CenterNet training targets at output stride 4, on the
+    boxes' device, without a host synchronisation (stage one encodes at every gradient).
 
-    ``boxes`` [N, 4] xyxy input pixels, ``labels`` [N] native class indices. Returns
-    ``heatmap`` [C, h, w], and per kept object ``index`` [M] (flat ``y * w + x`` of the
-    integer centre), ``size`` [M, 2] (w, h in output pixels) and ``offset`` [M, 2] (centre
-    minus integer centre). Boxes are clipped to the output map; empty ones are dropped.
+    ``boxes`` [N, 4] xyxy input pixels, ``labels`` [N] native class indices (-1: no native
+    class). Boxes are clipped to the output map. Returns ``heatmap`` [C, h, w] (per class,
+    the maximum of a gaussian of CornerNet's radius r around each object's integer centre,
+    sigma (2r + 1) / 6, peak 1, zero outside the (2r + 1)^2 window), and per object
+    ``index`` [N] (flat ``y * w + x`` of the integer centre), ``size`` [N, 2] (w, h in
+    output pixels), ``offset`` [N, 2] (centre minus integer centre) and ``weight`` [N]
+    (0 for an empty box or a label without a native class, which add nothing, else 1).
     """
-    heatmap = torch.zeros(num_classes, out_height, out_width)
-    boxes = boxes.detach().float().cpu() / OUTPUT_STRIDE
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_height)
-    index, size, offset = [], [], []
-    for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
-        w, h = x2 - x1, y2 - y1
-        if w <= 0 or h <= 0:
-            continue
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        ix, iy = min(int(cx), out_width - 1), min(int(cy), out_height - 1)
-        radius = max(0, int(gaussian_radius(math.ceil(h), math.ceil(w))))
-        draw_gaussian(heatmap[int(label)], ix, iy, radius)
-        index.append(iy * out_width + ix)
-        size.append((w, h))
-        offset.append((cx - ix, cy - iy))
+    device = boxes.device
+    boxes = boxes.detach().float().reshape(-1, 4) / OUTPUT_STRIDE
+    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+    x1, x2 = boxes[:, 0].clamp(0, out_width), boxes[:, 2].clamp(0, out_width)
+    y1, y2 = boxes[:, 1].clamp(0, out_height), boxes[:, 3].clamp(0, out_height)
+    w, h = x2 - x1, y2 - y1
+    weight = ((w > 0) & (h > 0) & (labels >= 0) & (labels < num_classes)).float()
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    ix, iy = cx.floor().clamp(max=out_width - 1), cy.floor().clamp(max=out_height - 1)
+    radius = gaussian_radius(h.ceil(), w.ceil()).nan_to_num(0.0).floor().clamp(min=0)  # nan: empty box
+    two_sigma_sq = 2 * ((2 * radius + 1) / 6) ** 2
+    dx = torch.arange(out_width, device=device, dtype=torch.float32)[None, :] - ix[:, None]  # [N, w]
+    dy = torch.arange(out_height, device=device, dtype=torch.float32)[None, :] - iy[:, None]  # [N, h]
+    gx = torch.where(dx.abs() <= radius[:, None], -(dx**2), -math.inf)
+    gy = torch.where(dy.abs() <= radius[:, None], -(dy**2), -math.inf)
+    gauss = torch.exp((gy[:, :, None] + gx[:, None, :]) / two_sigma_sq[:, None, None])  # [N, h, w]
+    gauss = torch.where(gauss < torch.finfo(torch.float32).eps, 0.0, gauss) * weight[:, None, None]
+    flat = gauss.reshape(len(boxes), -1)
+    heatmap = torch.zeros(num_classes, out_height * out_width, device=device)
+    heatmap.scatter_reduce_(0, labels.clamp(0, num_classes - 1)[:, None].expand_as(flat), flat, "amax")
     return {
-        "heatmap": heatmap,
-        "index": torch.tensor(index, dtype=torch.long),
-        "size": torch.tensor(size, dtype=torch.float32).reshape(-1, 2),
-        "offset": torch.tensor(offset, dtype=torch.float32).reshape(-1, 2),
+        "heatmap": heatmap.reshape(num_classes, out_height, out_width),
+        "index": (iy * out_width + ix).long() * weight.long(),
+        "size": torch.stack([w, h], 1),
+        "offset": torch.stack([cx - ix, cy - iy], 1),
+        "weight": weight,
     }
 
 
@@ -295,10 +285,8 @@ def focal_loss(pred: torch.Tensor, gt: torch.Tensor, alpha: float = 2.0, beta: f
     neg = 1 - pos
     pos_loss = (torch.log(pred) * (1 - pred).pow(alpha) * pos).sum()
     neg_loss = (torch.log(1 - pred) * pred.pow(alpha) * (1 - gt).pow(beta) * neg).sum()
-    num_pos = pos.sum()
-    if num_pos == 0:
-        return -neg_loss
-    return -(pos_loss + neg_loss) / num_pos
+    # No positives: the negative term alone (pos_loss is 0), not normalised; no host sync.
+    return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
 def centernet_loss(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -309,15 +297,16 @@ def centernet_loss(outputs: dict[str, torch.Tensor], targets: list[dict[str, tor
     batch, _, height, width = hm.shape
     flat_index = torch.cat([t["index"] + b * height * width for b, t in enumerate(targets)]).to(hm.device)
     if flat_index.numel():
-        def gather(x: torch.Tensor) -> torch.Tensor:  # [B, 2, h, w] -> [M, 2] at the centres
+        def gather(x: torch.Tensor) -> torch.Tensor:  # [B, 2, h, w] -> [N, 2] at the centres
             return x.permute(0, 2, 3, 1).reshape(batch * height * width, -1)[flat_index]
 
         size = torch.cat([t["size"] for t in targets]).to(hm)
         offset = torch.cat([t["offset"] for t in targets]).to(hm)
+        weight = torch.cat([t["weight"] for t in targets]).to(hm)[:, None]
         # The official RegL1Loss: summed L1 over the centres / (number of regressed values).
-        denom = size.numel() + 1e-4
-        loss = loss + SIZE_LOSS_WEIGHT * (gather(outputs["wh"]) - size).abs().sum() / denom
-        loss = loss + OFFSET_LOSS_WEIGHT * (gather(outputs["reg"]) - offset).abs().sum() / denom
+        denom = 2 * weight.sum() + 1e-4
+        loss = loss + SIZE_LOSS_WEIGHT * ((gather(outputs["wh"]) - size).abs() * weight).sum() / denom
+        loss = loss + OFFSET_LOSS_WEIGHT * ((gather(outputs["reg"]) - offset).abs() * weight).sum() / denom
     else:
         loss = loss + 0 * (outputs["wh"].sum() + outputs["reg"].sum())
     return loss
@@ -463,11 +452,14 @@ class CenterNet(Detector):
     def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         outputs = self.model(self.preprocess(images))
         _, num_classes, out_height, out_width = outputs["hm"].shape
+        device = outputs["hm"].device
+        table = self.label_map.dataset_to_native.to(device)
         encoded = []
-        for t in targets:
-            labels, keep = self.label_map.to_native(torch.as_tensor(t["labels"]).cpu())
-            boxes = torch.as_tensor(t["boxes"]).reshape(-1, 4).cpu()[keep]
-            encoded.append(encode_targets(boxes, labels, num_classes, out_height, out_width))
+        for t in targets:  # on the device: labels without a native class get weight 0
+            labels = torch.as_tensor(t["labels"], device=device).long()
+            native = torch.where((labels >= 0) & (labels < len(table)), table[labels.clamp(0, len(table) - 1)], -1)
+            boxes = torch.as_tensor(t["boxes"], device=device)
+            encoded.append(encode_targets(boxes, native, num_classes, out_height, out_width))
         return centernet_loss(outputs, encoded)
 
 
