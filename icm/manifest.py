@@ -2,7 +2,9 @@
 visualisation; nothing else reads or writes it.
 
 A stage-one output folder holds ``images/<id>.png`` (8-bit, lossless, original size) and
-``manifest.jsonl``: one JSON line per finished image (:func:`manifest_record`) with ``id``,
+``manifest.jsonl`` (a single process) or ``manifest.shard-I-of-N.jsonl`` (shard I of N, one
+writer per file, so safe on network filesystems; a folder may hold several, from runs with
+other shard counts): one JSON line per finished image (:func:`manifest_record`) with ``id``,
 ``source`` (the original image, absolute or relative to the folder), ``output`` (the
 augmented image, relative to the folder), ``width``, ``height``, ``linf`` (the L-inf
 distance in 8-bit levels, :func:`linf_8bit`) and the model set's ``loss_before`` and
@@ -24,6 +26,25 @@ import torch
 from icm.io import read_jsonl
 
 MANIFEST_NAME = "manifest.jsonl"
+
+
+def manifest_name(shard: tuple[int, int] = (0, 1)) -> str:
+    """The manifest a process writes: ``manifest.jsonl``, or one per shard of several."""
+    index, count = shard
+    return MANIFEST_NAME if count == 1 else f"manifest.shard-{index}-of-{count}.jsonl"
+
+
+def manifest_files(root: str | os.PathLike) -> list[Path]:
+    """Every manifest in a stage-one folder, ``manifest.jsonl`` first, then the shards' by name."""
+    root = Path(root)
+    single = [root / MANIFEST_NAME] if (root / MANIFEST_NAME).is_file() else []
+    return single + sorted(p for p in root.glob("manifest.shard-*.jsonl") if p.is_file())
+
+
+def read_manifest_records(root: str | os.PathLike) -> list[tuple[Path, int, dict]]:
+    """(file, line number, record) of every line of every manifest in ``root``."""
+    return [(path, line_no, record) for path in manifest_files(root)
+            for line_no, record in enumerate(read_jsonl(path), 1)]
 
 
 def linf_8bit(augmented: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -65,12 +86,11 @@ def _resolve_source(root: Path, source: str) -> Path:
 
 
 def read_manifest_pairs(root: str | os.PathLike) -> list[ImagePair]:
-    """Pairs listed in ``root/manifest.jsonl``; entries whose files are missing are skipped
+    """Pairs listed in the manifests of ``root``; entries whose files are missing are skipped
     (one warning with the count), the last entry of a repeated id wins."""
     root = Path(root)
-    manifest = root / MANIFEST_NAME
     by_id: dict[str, ImagePair] = {}
-    for line_no, record in enumerate(read_jsonl(manifest), 1):
+    for manifest, line_no, record in read_manifest_records(root):
         missing_keys = [k for k in ("id", "source", "output") if k not in record]
         if missing_keys:
             raise ValueError(f"{manifest}:{line_no}: record lacks {', '.join(missing_keys)}")
@@ -89,7 +109,7 @@ def read_manifest_pairs(root: str | os.PathLike) -> list[ImagePair]:
         first = missing[0]
         absent = first.original if not first.original.is_file() else first.augmented
         warnings.warn(
-            f"{manifest}: skipped {len(missing)} of {len(by_id)} entries with missing files "
+            f"{root}: skipped {len(missing)} of {len(by_id)} manifest entries with missing files "
             f"(first: {absent})",
             stacklevel=2,
         )

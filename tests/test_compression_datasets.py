@@ -33,10 +33,28 @@ def test_manifest_skips_missing_files_with_one_warning_and_keeps_last_duplicate(
     with (root / "manifest.jsonl").open("a") as f:
         f.write(json.dumps({"id": "img0", "source": str(tmp_path / "originals/img3.png"),
                             "output": "images/img3.png"}) + "\n")
-    with pytest.warns(UserWarning, match=r"skipped 1 of 4 entries .*img2.png"):
+    with pytest.warns(UserWarning, match=r"skipped 1 of 4 manifest entries .*img2.png"):
         pairs = read_pairs(root)
     assert [p.id for p in pairs] == ["img0", "img1", "img3"]
     assert pairs[0].original.name == "img3.png"  # the later line for img0 wins
+
+
+def test_shard_manifests_and_several_folders_are_read_as_one_set(tmp_path):
+    first = write_toy_stage_one(tmp_path / "a", count=4)
+    lines = (first / "manifest.jsonl").read_text().splitlines()
+    (first / "manifest.jsonl").unlink()  # as a run of two shards writes them
+    (first / "manifest.shard-0-of-2.jsonl").write_text("\n".join(lines[0::2]) + "\n")
+    (first / "manifest.shard-1-of-2.jsonl").write_text("\n".join(lines[1::2]) + "\n")
+    assert sorted(p.id for p in read_pairs(first)) == ["img0", "img1", "img2", "img3"]
+    second = tmp_path / "b"
+    (second / "images").mkdir(parents=True)
+    record = json.loads(lines[0])
+    (second / "images" / "other.png").write_bytes((first / record["output"]).read_bytes())
+    (second / "manifest.jsonl").write_text(json.dumps({**record, "id": "other", "output": "images/other.png"}) + "\n")
+    both = read_pairs([first, second])
+    assert len(both) == 5 and both[-1].id == "other" and both[-1].augmented == second / "images" / "other.png"
+    with pytest.raises(ValueError, match=r"image id 'img0' is also in"):
+        read_pairs([first, first])
 
 
 def test_manifest_record_without_source_is_an_error_naming_the_line(tmp_path):

@@ -19,6 +19,7 @@ from icm.aafg.meta_aafg import MetaAAFGConfig
 from icm.cli import detector_weights
 from icm.data.records import DetectionSample
 from icm.io import read_image_tensor, read_jsonl, write_image
+from icm.manifest import read_manifest_records
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -286,9 +287,14 @@ def test_two_shards_in_separate_processes_cover_the_set_once(tmp_path):
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert [r[0].split()[-1] for r in results] == ["5", "5"]
-    ids = [r["id"] for r in read_jsonl(out / "manifest.jsonl")]
+    ids = [r["id"] for _, _, r in read_manifest_records(out)]
     assert sorted(ids) == [f"img{i:02d}" for i in range(10)]  # all ten, none twice
+    assert sorted(p.name for p in out.glob("manifest*")) == ["manifest.shard-0-of-2.jsonl", "manifest.shard-1-of-2.jsonl"]
     assert len(list((out / "images").glob("*.png"))) == 10
+    # A rerun as one process finds every image done, whichever shard made it.
+    rerun = subprocess.run([PYTHON, str(driver), "0", "1", str(src), str(out)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.stdout.split()[-1] == "0", rerun.stderr
 
 
 def test_cli_shard_flag_and_torchrun_env(tmp_path, monkeypatch):
@@ -298,11 +304,11 @@ def test_cli_shard_flag_and_torchrun_env(tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["--dataset", str(src), "--models", "m0", "--targets", "pseudo", "--save_path", str(out), *FAST]
     assert cli.main([*args, "--shard", "0/2"]) == 0
-    assert sorted(r["id"] for r in read_jsonl(out / "manifest.jsonl")) == ["img00", "img02", "img04"]
+    assert sorted(r["id"] for r in read_jsonl(out / "manifest.shard-0-of-2.jsonl")) == ["img00", "img02", "img04"]
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's second process: shard 1 of 2
     assert cli.main(args) == 0
-    assert sorted(r["id"] for r in read_jsonl(out / "manifest.jsonl")) == [f"img{i:02d}" for i in range(5)]
+    assert sorted(r["id"] for _, _, r in read_manifest_records(out)) == [f"img{i:02d}" for i in range(5)]
     assert (out / "summary.shard-0-of-2.json").is_file() and (out / "summary.shard-1-of-2.json").is_file()
 
 

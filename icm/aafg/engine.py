@@ -4,18 +4,17 @@ written atomically and resumably to the output folder.
 Output folder (read by stage two)::
 
     save_path/images/<safe id>.png   8-bit RGB, lossless, the source's size
-    save_path/manifest.jsonl         one line per finished image (see ``icm/manifest.py``)
+    save_path/manifest.jsonl         one line per finished image (see ``icm/manifest.py``);
+                                     shard I of N writes manifest.shard-I-of-N.jsonl
     save_path/config.yaml            the resolved run config (written by the CLI)
     save_path/summary.json           this process's summary (summary.shard-I-of-N.json)
 
-An image is finished when its manifest line exists: the PNG is renamed into place first,
-then the line is appended, so a crash at any point leaves either nothing for that image or
-a complete PNG that the rerun simply writes again. Several processes (``--shard I/N``,
-torchrun) append to the same ``manifest.jsonl``: each line is one ``write`` on a file opened
-with O_APPEND, which local filesystems apply atomically for lines this small (a few hundred
-bytes). On NFS, where O_APPEND is not atomic across machines, give each machine its own
-``--save_path`` and concatenate the manifests afterwards (``cat``); the image files do not
-collide because shards are disjoint.
+An image is finished when its line exists in any of the folder's manifests: the PNG is
+renamed into place first, then the line is appended, so a crash at any point leaves either
+nothing for that image or a complete PNG that the rerun simply writes again. Each process
+appends only to its own shard's manifest, so no file has two writers, on a local disk or
+on NFS from many machines; the image files do not collide because shards are disjoint, and
+a rerun with another shard count skips what any earlier shard finished.
 """
 
 from __future__ import annotations
@@ -41,12 +40,10 @@ from icm.io import (
     atomic_write_json,
     held_lock,
     read_image_tensor,
-    read_jsonl,
     remove_stale_temp_files,
     write_image,
 )
-from icm.manifest import MANIFEST_NAME as MANIFEST
-from icm.manifest import linf_8bit, manifest_record
+from icm.manifest import linf_8bit, manifest_name, manifest_record, read_manifest_records
 
 if TYPE_CHECKING:
     from icm.detectors.base import Detector
@@ -95,7 +92,7 @@ def output_relpath(sample_id: str) -> str:
 
 def finished_ids(save_path: Path) -> set[str]:
     """Ids that already have a manifest line (the proof that their image is complete)."""
-    return {record["id"] for record in read_jsonl(save_path / MANIFEST)}
+    return {record["id"] for _, _, record in read_manifest_records(save_path)}
 
 
 def equal_size_batches(samples: Sequence[DetectionSample], batch_size: int) -> list[list[DetectionSample]]:
@@ -268,7 +265,7 @@ def augment_shard(
                 {k: float(v[i]) for k, v in before.items()},
                 {k: float(v[i]) for k, v in after.items()},
             )
-            append_jsonl(save_path / MANIFEST, record)
+            append_jsonl(save_path / manifest_name(shard), record)
             summary.done += 1
             summary.linf.append(record["linf"])
             for name in detectors:

@@ -5,7 +5,8 @@
     icm-train-meta-aafg --config configs/toy.yaml --save_path runs/aafg                      # installed
     torchrun --nproc_per_node 8 MetaAAFG/train_meta_aafg.py ...                         # one shard per GPU
 
-Output: ``images/<id>.png``, ``manifest.jsonl``, ``config.yaml`` (see icm/aafg/engine.py).
+Output: ``images/<id>.png``, ``manifest.jsonl`` (``manifest.shard-I-of-N.jsonl`` per shard),
+``config.yaml`` (see icm/aafg/engine.py).
 A rerun skips the images already in the manifest. Exit status 1 when more images than
 ``--max_failures`` could not be read (all the others are done first), 2 on a bad flag or file.
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from icm.aafg.engine import MANIFEST, combined_shard, run_stage_one, shard_samples, write_summary
+from icm.aafg.engine import combined_shard, run_stage_one, shard_samples, write_summary
 from icm.aafg.meta_aafg import MetaAAFGConfig, Reconstruction, gradient_budget
 from icm.cli import (
     detector_weights,
@@ -36,6 +37,7 @@ from icm.cli import (
 )
 from icm.config import load_yaml, parse_args_with_config, save_run_config, to_plain
 from icm.data import DetectionDataset, load_dataset
+from icm.manifest import manifest_files
 
 if TYPE_CHECKING:
     from icm.detectors import Detector
@@ -179,7 +181,7 @@ def anchor_reconstruction(spec: str, device: torch.device) -> Reconstruction:
 def check_resumable(save_path: Path, args: argparse.Namespace) -> None:
     """Refuse to add to a folder whose finished images were made with other settings."""
     previous_config = save_path / "config.yaml"
-    if not (save_path / MANIFEST).is_file() or not previous_config.is_file():
+    if not manifest_files(save_path) or not previous_config.is_file():
         return
     previous = load_yaml(previous_config)
     current = to_plain(vars(args))

@@ -1,8 +1,9 @@
 """(original, augmented) image pairs for stage two.
 
-A stage-one output folder holds ``images/<id>.png`` and ``manifest.jsonl`` (the hand-over
-format, read and written only by ``icm/manifest.py``). Any other image folder gives ``(x, x)`` pairs, so the same trainer fine-tunes or trains a codec on
-plain images.
+A stage-one output folder holds ``images/<id>.png`` and its manifests (the hand-over
+format, read and written only by ``icm/manifest.py``). Any other image folder gives
+``(x, x)`` pairs, so the same trainer fine-tunes or trains a codec on plain images. Several
+folders (e.g. one per machine of a cluster run) are read as one set.
 
 Training patches: one random crop and one horizontal flip, applied identically to both
 halves of a pair; images smaller than the patch are zero-padded (as CompressAI's eval
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
 from icm.io import ImageReadError, list_images, read_image_tensor
-from icm.manifest import MANIFEST_NAME, ImagePair, read_manifest_pairs
+from icm.manifest import ImagePair, manifest_files, read_manifest_pairs
 
 # An unreadable pair is replaced by the next one; this many unreadable in a row is an error.
 MAX_CONSECUTIVE_UNREADABLE = 8
@@ -36,15 +38,25 @@ MAX_CONSECUTIVE_UNREADABLE = 8
 READABLE, ORIGINAL_UNREADABLE, AUGMENTED_UNREADABLE = 0, 1, 2
 
 
-def read_pairs(root: str | os.PathLike) -> list[ImagePair]:
-    """Pairs of a stage-one folder (through its manifest) or ``(x, x)`` pairs of an image folder."""
-    root = Path(root)
-    if (root / MANIFEST_NAME).is_file():
-        pairs = read_manifest_pairs(root)
-    else:
-        pairs = [ImagePair(p.relative_to(root).with_suffix("").as_posix(), p, p) for p in list_images(root)]
-    if not pairs:
-        raise ValueError(f"{root}: no usable images (need {MANIFEST_NAME} or image files)")
+def read_pairs(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ImagePair]:
+    """Pairs of stage-one folders (through their manifests) or ``(x, x)`` pairs of image
+    folders; several folders are read in turn and must not share an id."""
+    if isinstance(roots, str | os.PathLike):
+        roots = [roots]
+    pairs, where = [], {}
+    for root in map(Path, roots):
+        if manifest_files(root):
+            found = read_manifest_pairs(root)
+        else:
+            found = [ImagePair(p.relative_to(root).with_suffix("").as_posix(), p, p) for p in list_images(root)]
+        if not found:
+            raise ValueError(f"{root}: no usable images (need manifest.jsonl or image files)")
+        for pair in found:
+            if pair.id in where:
+                raise ValueError(f"{root}: image id {pair.id!r} is also in {where[pair.id]}; give folders of "
+                                 "disjoint images")
+            where[pair.id] = root
+        pairs += found
     return pairs
 
 

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file with defaults for these flags")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", required=True,
-                      help="stage-one output folder (manifest.jsonl + images/) or a plain image folder")
+    data.add_argument("--dataset", required=True, nargs="+", metavar="FOLDER",
+                      help="stage-one output folder (manifests + images/) or a plain image folder; several "
+                      "folders (e.g. one per machine of a cluster run) are read as one set")
     data.add_argument("--val_dataset", help="separate validation folder (overrides --val_fraction)")
     data.add_argument("--val_fraction", type=probability, default=0.05,
                       help="share of --dataset held out for validation")
@@ -278,7 +279,8 @@ def build_model(args: argparse.Namespace, resumed: dict | None = None) -> tuple[
 
 def load_pairs(args: argparse.Namespace) -> tuple[list, list]:
     """(train, validation) pairs from --dataset and --val_dataset or --val_fraction."""
-    pairs = read_pairs(resolve_dataset_path(args.dataset))
+    folders = [args.dataset] if isinstance(args.dataset, str) else args.dataset
+    pairs = read_pairs([resolve_dataset_path(folder) for folder in folders])
     if args.val_dataset:
         return pairs, read_pairs(resolve_dataset_path(args.val_dataset))
     return split_pairs(pairs, args.val_fraction, seed=args.seed)
