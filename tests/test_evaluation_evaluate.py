@@ -170,3 +170,27 @@ def test_bare_state_dict_needs_and_takes_backbone(tmp_path, capsys):
     assert "pass the backbone" in capsys.readouterr().err
     assert main(argv + ["--backbone", "bmshj2018-hyperprior"]) == 0
     assert read_json(tmp_path / "o" / "bare.json")["qualities"] == [None]
+
+
+if "eval_test_pseudo_finder" not in available():
+    register("eval_test_pseudo_finder")(lambda classes=None, weights="default", device="cpu", **kw:
+                                        SquareFinder(classes or ["square"]))
+
+
+def test_pseudo_ground_truth_is_the_detectors_own_view_of_the_originals(tmp_path, capsys):
+    from helpers import square_dataset
+
+    (tmp_path / "photos").mkdir()
+    square_dataset(tmp_path / "photos", n=4)
+    out = tmp_path / "out"
+    argv = ["--config", "", "--dataset", str(tmp_path / "photos"), "--ground_truth", "pseudo", "--pseudo_score", "0.5",
+            "--detectors", "eval_test_pseudo_finder", "--codecs", "none", "jpeg=1,95", "--out", str(out), "--no_progress"]
+    assert main(argv) == 0
+    none, jpeg = read_json(out / "none.json"), read_json(out / "jpeg.json")
+    assert none["results"]["map-voc07:eval_test_pseudo_finder"] == [pytest.approx(1.0)]  # the originals: itself
+    assert len(jpeg["results"]["map-voc07:eval_test_pseudo_finder"]) == 2 and jpeg["settings"] == none["settings"]
+    assert none["settings"]["ground_truth"].startswith("pseudo: eval_test_pseudo_finder's own detections of "
+                                                       "score >= 0.5") and "(4 boxes)" in none["settings"]["ground_truth"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv[:-4], "--detectors", "eval_test_pseudo_finder", "eval_test_square_finder", "--out", str(out)])
+    assert e.value.code == 2 and "exactly one detector" in capsys.readouterr().err

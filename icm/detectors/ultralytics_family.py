@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from icm.detectors.base import Detector, eval_mode, resolve_classes
+from icm.detectors.darknet import build_darknet, is_darknet_weights
 from icm.detectors.registry import register
 from icm.detectors.weights import WeightsUnavailableError, is_weights_path, weights_unavailable
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
+DARKNET_NAMES = ("yolov3", "yolov3-tiny")  # a .weights file builds the Darknet network instead
 ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0"
 
 
@@ -338,7 +340,9 @@ def build_ultralytics(
 
 
 def _register(name: str) -> None:
-    def builder(**kwargs) -> UltralyticsDetector:
+    def builder(**kwargs) -> Detector:
+        if name in DARKNET_NAMES and is_darknet_weights(kwargs.get("weights")):
+            return build_darknet(name, **kwargs)  # Darknet's own .cfg + .weights
         return build_ultralytics(name, **kwargs)
 
     builder.__doc__ = build_ultralytics.__doc__

@@ -19,6 +19,7 @@ Detection keys name their protocol: ``map-coco:<det>`` (AP@[.5:.95]), ``ap50-coc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -81,6 +82,30 @@ def load_evaluation_dataset(name: str, split: str | None = None, root: str | os.
     if not dataset.samples:
         raise ValueError(f"dataset {name!r}: no images to evaluate")
     return dataset
+
+
+@torch.no_grad()
+def pseudo_labelled(dataset: DetectionDataset, detector: Any, min_score: float, batch_size: int = 8,
+                    progress: bool = True) -> DetectionDataset:
+    """``dataset`` with pseudo ground truth: ``detector``'s own detections of score >=
+    ``min_score`` on each uncompressed image, in the detector's classes. The protocol of ICM
+    papers when labels are missing: mAP then measures how far compression moves the
+    detector from what it sees on the original, not how right it is."""
+    samples = []
+    bar = tqdm(total=len(dataset.samples), desc="pseudo ground truth", unit="img", disable=not progress, leave=False)
+    for start in range(0, len(dataset.samples), batch_size):
+        batch = dataset.samples[start : start + batch_size]
+        images = [read_image_tensor(s.image_path).to(detector.device) for s in batch]
+        for sample, pred in zip(batch, detector.predict(images)):
+            keep = (pred["scores"] >= min_score).cpu()
+            samples.append(dataclasses.replace(
+                sample, boxes=pred["boxes"].cpu()[keep].numpy().astype(np.float32).reshape(-1, 4),
+                labels=pred["labels"].cpu()[keep].numpy().astype(np.int64),
+                difficult=np.zeros(int(keep.sum()), bool), iscrowd=np.zeros(int(keep.sum()), bool),
+                group=np.zeros(int(keep.sum()), bool), verified=np.zeros(0, np.int64)))
+        bar.update(len(batch))
+    bar.close()
+    return DetectionDataset(f"{dataset.name} (pseudo ground truth)", list(detector.classes), samples)
 
 
 # ----------------------------------------------------------------------------- codec specs

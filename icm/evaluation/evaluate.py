@@ -45,6 +45,7 @@ from icm.cli import (
     limit,
     non_negative_int,
     positive_int,
+    probability,
     resolve_device,
     shard,
 )
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "tests); others use their default weights")
     p.add_argument("--mask_annotations", default=None,
                    help="COCO instances JSON with segmentations, for mask AP of detectors that predict masks (matched to the images by file name); None: the split's own masks file where the dataset has one (the toy set, COCO)")
+    p.add_argument("--ground_truth", choices=["labels", "pseudo"], default="labels",
+                   help="labels: the dataset's boxes; pseudo: for photos without labels, the one detector's own "
+                   "detections (score >= --pseudo_score) on each uncompressed image, in its own classes (the ICM "
+                   "papers' protocol; named in the result JSON)")
+    p.add_argument("--pseudo_score", type=probability, default=0.5, help="score threshold of --ground_truth pseudo")
     p.add_argument("--per_class", action="store_true", help="also report AP per class")
     p.add_argument("--estimate", action="store_true",
                    help="rate of learned codecs from the likelihoods (labelled 'estimated bpp') "
@@ -156,7 +162,20 @@ def main(argv: list[str] | None = None) -> int:
         dataset = shard_of(dataset, args.shard)
 
     detectors = {}
-    if args.detectors and not dataset.classes:
+    ground_truth_note = None
+    if args.ground_truth == "pseudo":
+        from icm.detectors import build_detector_set
+        from icm.evaluation.engine import pseudo_labelled
+
+        if len(args.detectors) != 1 or args.shard is not None:
+            raise ValueError("--ground_truth pseudo takes exactly one detector (its own ground truth) and no --shard")
+        detectors = build_detector_set(args.detectors, args.weights, None, str(device))
+        (name, detector), = detectors.items()
+        dataset = pseudo_labelled(dataset, detector, args.pseudo_score, args.batch_size, not args.no_progress)
+        ground_truth_note = (f"pseudo: {name}'s own detections of score >= {args.pseudo_score} on each uncompressed "
+                             f"image ({sum(s.num_objects for s in dataset.samples)} boxes), in its classes; labels "
+                             "missing, so mAP measures agreement with what it sees on the original")
+    elif args.detectors and not dataset.classes:
         print(f"warning: {dataset.name} has no labels; detection skipped, rate and fidelity only", file=sys.stderr)
     elif args.detectors:
         from icm.detectors import build_detector_set
@@ -180,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         "detector_groups": groups, "weights": args.weights, "per_class": args.per_class,
         "estimate": args.estimate, "mask_annotations": None if mask_file is None else str(mask_file),
     }
+    if ground_truth_note:
+        settings["ground_truth"] = ground_truth_note
     if args.shard is not None:  # what the merge needs to reload the whole image list
         settings.update({"shard": list(args.shard), "dataset_arg": str(args.dataset), "num_images_all": len(full_dataset)})
     print(f"evaluating {len(specs)} codec(s) on {len(dataset)} images of {dataset.name}, "
