@@ -57,12 +57,12 @@ Choices the paper leaves open, made here:
 - A batch may hold images of different sizes. They are kept zero-padded to the largest;
   each image's gradient is cropped to its own size before smoothing, pooling and
   normalisation, and its step is upsampled to its own size, so all of the algorithm's own
-  arithmetic is per image. The detectors get the images at their own sizes, as a list, and
-  batch them as in their own training (torchvision's and CenterNet's bottom-right padding,
-  YOLO's centred letterbox). An image's result is then exactly its batch-1 result when a
-  detector's loss treats the images of a batch independently; with a real detector the
-  common canvas changes the padding its features see at the image borders, a difference
-  ``benchmarks/bench_meta_aafg.py --sizes`` measures.
+  arithmetic is per image. A detector gets the images at their own sizes, one forward per
+  group that it puts on the same canvas (``Detector.canvas``: YOLO's letterbox and
+  CenterNet's 32-multiple pad, SSD's and Darknet's fixed square), so no image's input is
+  changed by its batch-mates' padding. An image's result is then its batch-1 result up to
+  the float arithmetic of batched convolutions, which ``benchmarks/bench_meta_aafg.py
+  --mixed_sizes`` measures.
 - The perturbation is always fp32; on CUDA only the detector forwards run under bf16
   autocast (fp16/bf16 spacing near 1.0 would swallow steps of 1/255).
 - Targets are fixed for the whole run: ground truth, or each detector's own predictions on
@@ -244,6 +244,16 @@ def _loss(detector: Detector, images, targets, seed: int | None) -> torch.Tensor
     return detector.loss(images, targets)
 
 
+def _by_canvas(detector: Detector, inputs: Sequence[torch.Tensor]) -> list[list[int]]:
+    """Rows of ``inputs`` grouped by the canvas the detector puts them on (first-seen order)."""
+    canvas = getattr(detector, "canvas", None)
+    groups: dict[tuple, list[int]] = {}
+    for row, xi in enumerate(inputs):
+        key = canvas(*xi.shape[-2:]) if canvas is not None else tuple(xi.shape[-2:])
+        groups.setdefault(tuple(key), []).append(row)
+    return list(groups.values())
+
+
 @dataclass
 class _Run:
     """What every gradient evaluation of one batch needs."""
@@ -313,10 +323,12 @@ class _Run:
         with _forward_context(x, config):
             if samples:  # one loss per image: its own random draws
                 loss = sum(_loss(detector, [xi], [ti], s) for xi, ti, s in zip(inputs, targets, seeds))
-            elif len({tuple(xi.shape) for xi in inputs}) == 1:
-                loss = detector.loss(torch.stack(inputs), targets)
-            else:  # sizes differ: the detector batches them its own way
-                loss = detector.loss(inputs, targets)
+            else:  # one forward per canvas: batch-mates on it do not change each other's input
+                loss = 0
+                for rows in _by_canvas(detector, inputs):
+                    group = [inputs[r] for r in rows]
+                    same_size = len({tuple(xi.shape) for xi in group}) == 1
+                    loss = loss + detector.loss(torch.stack(group) if same_size else group, [targets[r] for r in rows])
         if self.counter is not None:
             self.counter["gradient_evaluations"] += len(images)
         if not loss.requires_grad:  # e.g. no target and nothing detected: loss does not see x

@@ -161,6 +161,12 @@ class Detector(nn.Module):
         """Train mode only while :meth:`set_trainable` is on; a frozen detector stays in eval."""
         return super().train(mode and self._trainable)
 
+    def canvas(self, height: int, width: int) -> tuple:
+        """The input canvas this detector puts an image of ``height`` x ``width`` on in a batch
+        of such images. Images with equal canvases share a forward pass without changing each
+        other's result; the default (the size itself) batches only equal sizes."""
+        return (height, width)
+
     @torch.no_grad()
     def predict(self, images: Images) -> list[dict[str, torch.Tensor]]:
         """Detections per image: ``boxes`` [N, 4] xyxy pixels of the input image,

@@ -415,6 +415,10 @@ class CenterNet(Detector):
             raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout (keys: {problems[:4]})")
         return self
 
+    def canvas(self, height: int, width: int) -> tuple:
+        """The size padded to a multiple of 32: equal ones are padded alike."""
+        return -(-height // INPUT_MULTIPLE) * INPUT_MULTIPLE, -(-width // INPUT_MULTIPLE) * INPUT_MULTIPLE
+
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
         """RGB [0, 1] images -> one BGR-normalised batch, padded bottom/right with black to
         a common size that is a multiple of 32."""

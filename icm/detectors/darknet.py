@@ -230,6 +230,10 @@ class DarknetYOLO(Detector):
         self.model = net
         self.conf, self.max_det = conf, max_det
 
+    def canvas(self, height: int, width: int) -> tuple:
+        """Every image is letterboxed on its own onto the [net] size."""
+        return self.model.height, self.model.width
+
     def letterbox(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[float, float, float]]]:
         """Images -> [B, 3, net H, net W] and per image (scale, left, top)."""
         height, width = self.model.height, self.model.width

@@ -340,6 +340,12 @@ class TorchvisionDetector(Detector):
         self.label_id_to_native[ids] = torch.arange(len(ids))
         self.native_to_label_id = ids
 
+    def canvas(self, height: int, width: int) -> tuple:
+        """SSD's fixed square for every size; otherwise the size itself (torchvision pads a batch
+        to its largest resized image, which would move the others' borders)."""
+        fixed = getattr(self.model.transform, "fixed_size", None)
+        return tuple(fixed) if fixed else (height, width)
+
     def _images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         return [img.to(device=self.device, dtype=torch.float32) for img in images]
 

@@ -187,17 +187,24 @@ class UltralyticsDetector(Detector):
 
     # ------------------------------------------------------------------ preprocessing
 
+    def _resized(self, h: int, w: int) -> tuple[int, int]:
+        if self.rtdetr and self.imgsz:  # RT-DETR is run stretched to a square, as ultralytics does
+            return self.imgsz, self.imgsz
+        r = self.imgsz / max(h, w) if self.imgsz else 1.0
+        return max(1, round(h * r)), max(1, round(w * r))
+
+    def canvas(self, height: int, width: int) -> tuple:
+        """The resized image and its own stride-multiple canvas: equal ones are letterboxed alike."""
+        nh, nw = self._resized(height, width)
+        return nh, nw, math.ceil(nh / self.stride) * self.stride, math.ceil(nw / self.stride) * self.stride
+
     def letterbox(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[float, ...]]]:
         """Images -> padded batch [B, 3, H, W] and per image (scale_x, scale_y, left, top, w, h)."""
         resized, metas = [], []
         for img in images:
             img = img.to(device=self.device, dtype=torch.float32)
             h, w = img.shape[-2:]
-            if self.rtdetr and self.imgsz:  # RT-DETR is run stretched to a square, as ultralytics does
-                nh = nw = self.imgsz
-            else:
-                r = self.imgsz / max(h, w) if self.imgsz else 1.0
-                nh, nw = max(1, round(h * r)), max(1, round(w * r))
+            nh, nw = self._resized(h, w)
             x = img[None]
             if (nh, nw) != (h, w):
                 x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
