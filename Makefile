@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="--runslow -k detectors"`.
 PYTEST_ARGS ?=
 
-.PHONY: help venv install test test-all lint demo toy-data figures crosscheck-oid clean
+.PHONY: help venv install test test-all lint demo toy-data figures crosscheck-oid gpu-check real-world clean
 
 help:
 	@echo "make demo      run the whole pipeline on the toy world (CPU, minutes)"
@@ -16,6 +16,8 @@ help:
 	@echo "make toy-data  generate the synthetic toy data set under data/toy"
 	@echo "make figures   copy the README's figures from the toy benchmark's outputs into img/"
 	@echo "make crosscheck-oid  check the Open Images metric against the TF Object Detection API"
+	@echo "make gpu-check every CUDA path once with timings (scripts/gpu_check.sh; --dry_run on CPU: GPU_CHECK_ARGS=--dry_run)"
+	@echo "make real-world  the real-world check: Darknet YOLOv3-tiny and registry photos (benchmarks/real_world.sh)"
 	@echo "make clean     remove runs/ and caches (keeps .venv and data/)"
 
 $(PY):
@@ -65,6 +67,12 @@ OD_API := runs/object_detection_api
 crosscheck-oid: $(STAMP)
 	test -d $(OD_API)/object_detection || { 	    $(PY) -m pip download --no-deps --dest $(OD_API) "object-detection==0.0.3" && 	    $(PY) -m zipfile -e $(OD_API)/object_detection-0.0.3-py3-none-any.whl $(OD_API); }
 	PYTHONPATH=$(OD_API) $(PY) -m pytest -q tests/test_oid_challenge.py -rs
+
+gpu-check: $(STAMP)
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
+
+real-world: $(STAMP)
+	bash benchmarks/real_world.sh
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

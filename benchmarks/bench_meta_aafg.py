@@ -43,17 +43,25 @@ CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 
 def synthetic_batch(batch: int, size: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float() / 255
-    box = torch.tensor([[size * 0.2, size * 0.25, size * 0.7, size * 0.8]])
+    images = (torch.randint(0, 256, (batch, 3, size, size), generator=gen).float() / 255).to(DEVICE)
+    box = torch.tensor([[size * 0.2, size * 0.25, size * 0.7, size * 0.8]], device=DEVICE)
     targets = [{"boxes": box.clone(), "labels": torch.tensor([i % len(CLASSES)])} for i in range(batch)]
     return images, targets
 
 
+DEVICE = torch.device("cpu")
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of ``fn()``. CPU time is what to trust on a
-    shared machine: other processes stretch wall time but not this process's CPU time."""
+    shared machine: other processes stretch wall time but not this process's CPU time. On
+    CUDA the device is synchronised around ``fn`` and wall time is the one to read."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -117,7 +125,7 @@ def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tup
     images, targets, samples = [], [], []
     for i in range(num_images):
         h, w = sizes[i % len(sizes)]
-        images.append(torch.randint(0, 256, (3, h, w), generator=gen).float() / 255)
+        images.append((torch.randint(0, 256, (3, h, w), generator=gen).float() / 255).to(DEVICE))
         box = torch.tensor([[w * 0.2, h * 0.25, w * 0.7, h * 0.8]])
         targets.append({"boxes": box, "labels": torch.tensor([i % len(CLASSES)])})
         samples.append(DetectionSample(id=str(i), image_path="", width=w, height=h))
@@ -171,12 +179,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, default=2, help="rounds: timed batches of augment_batch")
     p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per model per round")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (scripts/gpu_check.sh)")
+    p.add_argument("--autocast", choices=["bf16", "off"], default="bf16", help="detector forwards on CUDA")
     p.add_argument("--mixed_sizes", type=parse_sizes, default=None, metavar="HxW,...",
                    help="measure batching of mixed sizes on these image sizes instead (see above)")
     p.add_argument("--mixed_images", type=int, default=8, help="images per batch-size run of --mixed_sizes")
     p.add_argument("--mixed_batches", default="1,4,8", help="batch sizes of --mixed_sizes, the first the reference")
     p.add_argument("--out", default=None, help="also write the result JSON here")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -187,13 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
         names = [n for n in small if n in available()][:3]
     if not names:
         raise SystemExit(f"no small detector registered; pass --models (available: {available()})")
-    detectors = {n: build_detector(n, classes=CLASSES, num_classes=len(CLASSES), weights=None) for n in names}
-    config = MetaAAFGConfig(meta_steps=args.meta_steps, inner_steps=args.inner_steps, meta=args.meta == "on")
+    detectors = {n: build_detector(n, classes=CLASSES, num_classes=len(CLASSES), weights=None, device=str(DEVICE))
+                 for n in names}
+    config = MetaAAFGConfig(meta_steps=args.meta_steps, inner_steps=args.inner_steps, meta=args.meta == "on",
+                            autocast=args.autocast == "bf16")
     if args.mixed_sizes:
         batch_sizes = [int(b) for b in args.mixed_batches.split(",")]
         result = {"models": names, "sizes": [f"{h}x{w}" for h, w in args.mixed_sizes], "images": args.mixed_images,
                   "meta_steps": args.meta_steps, "inner_steps": args.inner_steps, "threads": args.threads,
-                  "device": "cpu", "torch": torch.__version__,
+                  "device": str(DEVICE), "torch": torch.__version__,
                   "by_batch_size": mixed_size_batching(detectors, config, args.mixed_sizes, args.mixed_images,
                                                        batch_sizes)}
         print(json.dumps(result, indent=2))
@@ -223,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {"models": names, "batch": args.batch, "size": args.size, "meta": args.meta,
               "meta_steps": args.meta_steps, "inner_steps": args.inner_steps, "threads": args.threads,
-              "gradient_evaluations_per_image": budget, "device": "cpu", "torch": torch.__version__}
+              "gradient_evaluations_per_image": budget, "device": str(DEVICE), "torch": torch.__version__}
     for k, clock in enumerate(("wall", "cpu")):
         per_model = {n: statistics.median(t[k] for t in single[n]) for n in names}
         per_batch = statistics.median(t[k] for t in batches)

@@ -142,10 +142,11 @@ class DistributedContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # under torchrun: DDP even with one process (scripts/gpu_check.sh tests NCCL so)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -153,16 +154,17 @@ class DistributedContext:
 
 
 def init_distributed(device: torch.device) -> DistributedContext:
-    """Join the torchrun process group (NCCL on GPU, gloo on CPU) when WORLD_SIZE > 1."""
+    """Join the torchrun process group (NCCL on GPU, gloo on CPU) under torchrun (even with
+    one process) or when WORLD_SIZE > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size <= 1:
+    if world_size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistributedContext()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return DistributedContext(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    return DistributedContext(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size(), True)
 
 
 def wrap_distributed(model: nn.Module, context: DistributedContext, device: torch.device) -> nn.Module:

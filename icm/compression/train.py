@@ -415,7 +415,8 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
 
             writer = SummaryWriter(save_dir / "tensorboard", purge_step=step or None)
         print(f"{arch['backbone']} q{args.quality} lambda={lmbda} beta={args.beta}: {len(train_pairs)} train / "
-              f"{len(val_pairs)} val pairs, {context.world_size} process(es) on {device}, saving to {save_dir}",
+              f"{len(val_pairs)} val pairs, {context.world_size} process(es) on {device}"
+              f"{f' (DDP, {torch.distributed.get_backend()})' if context.enabled else ''}, saving to {save_dir}",
               file=sys.stderr)
 
     def log(record: dict) -> None:
