@@ -296,7 +296,7 @@ def test_small_toy_size_and_checkpoint_round_trip(tmp_path):
     assert path.stat().st_size < 5e6
     again = load_detector(path)
     assert again.name == "toy_centernet" and again.classes == TOY and not again.training
-    batch = detector.preprocess([torch.rand(3, 64, 80)])
+    batch, _ = detector.preprocess([torch.rand(3, 64, 80)])
     with torch.no_grad():
         a, b = detector.model(batch), again.model(batch)
     for head in ("hm", "wh", "reg"):
@@ -365,3 +365,34 @@ def test_loss_ignores_boxes_that_add_nothing():
     padded = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 36.0], [5.0, 5.0, 5.0, 30.0], [1.0, 1.0, 9.0, 9.0]]),
               "labels": torch.tensor([1, 0, 7])}
     assert detector.loss(image, [box]).item() == pytest.approx(detector.loss(image, [padded]).item(), rel=1e-6)
+
+
+def test_pascal_models_have_voc_heads_and_run_at_their_fixed_input(tmp_path):
+    from icm.data.classmaps import VOC_CLASSES
+    from icm.detectors import build_detector
+
+    detector = build_detector("centernet_pascal384", weights=None)
+    assert detector.native_classes == VOC_CLASSES and detector.input_size == 384
+    assert detector.canvas(375, 500) == detector.canvas(500, 333) == (384, 384)
+    image = torch.rand(3, 150, 200)
+    batch, metas = detector.preprocess([image])
+    scale, left, top = metas[0]
+    assert batch.shape == (1, 3, 384, 384) and scale == pytest.approx(384 / 200) and (left, top) == (0, 48)
+    assert batch[0, :, :48].std(dim=(1, 2)).max() < 1e-6  # black border above (one value per channel)
+    # strict loading: a file of the official Pascal layout loads, the COCO head does not
+    path = tmp_path / "ctdet_pascal_resdcn18_384.pth"
+    torch.save({"epoch": 70, "state_dict": {f"module.{k}": v for k, v in detector.model.state_dict().items()}}, path)
+    again = build_detector("centernet_pascal384", weights=str(path))
+    assert torch.equal(again.model.hm[2].bias, detector.model.hm[2].bias)
+    other = build_detector("centernet_res18", weights=None)  # another architecture's file is refused
+    other_path = tmp_path / "res18.pth"
+    torch.save({"state_dict": other.model.state_dict()}, other_path)
+    with pytest.raises(ValueError, match="does not match the CenterNet resdcn_18 layout"):
+        build_detector("centernet_pascal384", weights=str(other_path))
+    # predictions come back in the input image's pixels; the loss sees the targets placed alike
+    pred = detector.predict([image])[0]
+    assert (pred["boxes"][:, 2] <= 200).all() and (pred["boxes"][:, 3] <= 150).all()
+    target = [{"boxes": torch.tensor([[20.0, 30.0, 120.0, 140.0]]), "labels": torch.tensor([14])}]
+    x = image[None].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(detector.loss(x, target), x)
+    assert grad.abs().sum() > 0

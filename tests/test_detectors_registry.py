@@ -38,7 +38,7 @@ OWN_FAMILIES = ("ultralytics", "torchvision")
 # Big architectures with random weights take 10-60 s here; each family keeps fast members.
 SLOW = {
     "yolov3", "yolov5", "yolo11", "rtdetr", "faster_rcnn", "faster_rcnn_v2", "mask_rcnn", "retinanet", "fcos", "ssd300",
-    "centernet",
+    "centernet", "centernet_res18", "centernet_pascal384", "centernet_pascal512",
 }  # fmt: skip
 
 

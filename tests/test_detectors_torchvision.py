@@ -228,3 +228,28 @@ def test_toy_models_use_a_batchnorm_momentum_that_short_training_can_follow(name
     detector = build_detector(name, classes=["a", "b"], num_classes=2, weights=None)
     momenta = {m.momentum for m in detector.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert momenta == {0.1}
+
+
+def test_a_torchvision_reference_checkpoint_loads_weights_only(tmp_path):
+    import argparse
+
+    classes = ["a", "b", "c"]
+    trained = build_detector("toy_faster_rcnn", classes=classes, num_classes=3, weights=None)
+    path = tmp_path / "model_25.pth"  # what references/detection/train.py saves
+    torch.save({"model": trained.model.state_dict(), "optimizer": {}, "epoch": 25,
+                "args": argparse.Namespace(lr=0.02, epochs=26)}, path)
+    again = build_detector("toy_faster_rcnn", classes=classes, num_classes=3, weights=str(path))
+    for (name, a), b in zip(trained.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_voc_config_names_registered_detectors():
+    from icm.aafg.train import parse_args as stage_one_args
+    from icm.detectors import available
+    from icm.evaluation.evaluate import parse_args as evaluation_args
+
+    seen = stage_one_args(["--config", "configs/voc.yaml"])
+    assert seen.dataset == "voc" and seen.models == "yolov3,faster_rcnn,centernet_pascal512"
+    evaluation = evaluation_args(["--config", "configs/voc.yaml"])
+    assert set(evaluation.detectors) <= set(available()) and "centernet_pascal384" in evaluation.unseen_detectors
+    assert evaluation.weights["centernet_pascal512"] == "default"

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from icm.data.classmaps import COCO_CLASSES
+from icm.data.classmaps import COCO_CLASSES, VOC_CLASSES
 from icm.detectors.backbones import QUARTER_WIDTHS, resnet18_body
 from icm.detectors.base import Detector, resolve_classes
 from icm.detectors.registry import register
@@ -65,6 +65,9 @@ MAX_DETECTIONS = 100
 SIZE_LOSS_WEIGHT = 0.1
 OFFSET_LOSS_WEIGHT = 1.0
 OFFICIAL_FILES = {"resdcn_18": "ctdet_coco_resdcn18.pth", "res_18": "ctdet_coco_resnet18.pth"}
+# The official Pascal VOC models (07+12 trainval, 20 classes): file and fixed input size.
+PASCAL_MODELS = {"centernet_pascal384": ("ctdet_pascal_resdcn18_384.pth", 384),
+                 "centernet_pascal512": ("ctdet_pascal_resdcn18_512.pth", 512)}
 
 
 # ----------------------------------------------------------------------------- network
@@ -385,13 +388,19 @@ class CenterNet(Detector):
         arch: str = "resdcn_18",
         pseudo_threshold: float = 0.3,
         max_detections: int = MAX_DETECTIONS,
+        input_size: int | None = None,
     ) -> None:
         super().__init__(classes, pseudo_threshold=pseudo_threshold, native_classes=native_classes)
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown CenterNet architecture {arch!r} ({', '.join(ARCHITECTURES)})")
+        if input_size is not None and input_size % INPUT_MULTIPLE:
+            raise ValueError(f"input_size must be a multiple of {INPUT_MULTIPLE}, got {input_size}")
         self.arch = arch
         self.max_detections = max_detections
-        self.build_kwargs = {"max_detections": max_detections}
+        # None: each image at its own resolution (the COCO models' test setting); N: every
+        # image scaled to fit N x N and centred on black (the Pascal VOC models' --fix_res).
+        self.input_size = input_size
+        self.build_kwargs = {"max_detections": max_detections, "input_size": input_size}
         self.model = CenterNetNet(len(self.native_classes), **ARCHITECTURES[arch])
         self.register_buffer("mean_bgr", torch.tensor(MEAN_BGR).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std_bgr", torch.tensor(STD_BGR).view(1, 3, 1, 1), persistent=False)
@@ -416,53 +425,71 @@ class CenterNet(Detector):
         return self
 
     def canvas(self, height: int, width: int) -> tuple:
-        """The size padded to a multiple of 32: equal ones are padded alike."""
+        """The fixed input square, or the size padded to a multiple of 32: equal ones are
+        prepared alike."""
+        if self.input_size:
+            return self.input_size, self.input_size
         return -(-height // INPUT_MULTIPLE) * INPUT_MULTIPLE, -(-width // INPUT_MULTIPLE) * INPUT_MULTIPLE
 
-    def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """RGB [0, 1] images -> one BGR-normalised batch, padded bottom/right with black to
-        a common size that is a multiple of 32."""
-        height = max(img.shape[-2] for img in images)
-        width = max(img.shape[-1] for img in images)
-        height = -(-height // INPUT_MULTIPLE) * INPUT_MULTIPLE
-        width = -(-width // INPUT_MULTIPLE) * INPUT_MULTIPLE
-        batch = torch.stack([
-            F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2])) for img in images
-        ]).to(self.mean_bgr.device, torch.float32)
-        return (batch.flip(1) - self.mean_bgr) / self.std_bgr
+    def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[float, int, int]]]:
+        """RGB [0, 1] images -> one BGR-normalised batch and, per image, (scale, left, top) of
+        its placement: at its own size padded bottom/right with black to a common multiple of
+        32, or (``input_size``) scaled bilinearly to fit the square and centred on black."""
+        if self.input_size:
+            size, placed, metas = self.input_size, [], []
+            for img in images:
+                h, w = img.shape[-2:]
+                scale = size / max(h, w)
+                nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+                x = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
+                left, top = (size - nw) // 2, (size - nh) // 2
+                placed.append(F.pad(x, (left, size - nw - left, top, size - nh - top)))
+                metas.append((scale, left, top))
+        else:
+            height = -(-max(img.shape[-2] for img in images) // INPUT_MULTIPLE) * INPUT_MULTIPLE
+            width = -(-max(img.shape[-1] for img in images) // INPUT_MULTIPLE) * INPUT_MULTIPLE
+            placed = [F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2])) for img in images]
+            metas = [(1.0, 0, 0)] * len(images)
+        batch = torch.stack(placed).to(self.mean_bgr.device, torch.float32)
+        return (batch.flip(1) - self.mean_bgr) / self.std_bgr, metas
 
     def predict_raw(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         native_to_dataset = self.label_map.native_to_dataset.to(self.mean_bgr.device)
         has_dataset_class = (native_to_dataset >= 0).float().view(1, -1, 1, 1)
         results: list[dict[str, torch.Tensor]] = [{} for _ in images]
-        # Each image keeps its own resolution (padded to a multiple of 32), as at official
-        # test time; images of one size share a forward pass.
-        by_size: dict[tuple[int, int], list[int]] = {}
+        # Images on one canvas share a forward pass (all of them at a fixed input size; else
+        # those of one size, each at its own resolution as at official COCO test time).
+        by_canvas: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
-            by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
-        for (height, width), indices in by_size.items():
-            outputs = self.model(self.preprocess([images[i] for i in indices]))
+            by_canvas.setdefault(self.canvas(*img.shape[-2:]), []).append(i)
+        for indices in by_canvas.values():
+            batch, metas = self.preprocess([images[i] for i in indices])
+            outputs = self.model(batch)
             heat = outputs["hm"].sigmoid() * has_dataset_class  # top-k among mappable classes
             boxes, scores, labels = decode_detections(heat, outputs["wh"], outputs["reg"], self.max_detections)
-            boxes = boxes * OUTPUT_STRIDE
-            boxes[..., 0::2] = boxes[..., 0::2].clamp(0, width)
-            boxes[..., 1::2] = boxes[..., 1::2].clamp(0, height)
             labels = native_to_dataset[labels]
             for j, i in enumerate(indices):
+                scale, left, top = metas[j]
+                height, width = images[i].shape[-2:]
+                box = (boxes[j] * OUTPUT_STRIDE - boxes.new_tensor([left, top, left, top])) / scale
+                box[:, 0::2] = box[:, 0::2].clamp(0, width)
+                box[:, 1::2] = box[:, 1::2].clamp(0, height)
                 keep = labels[j] >= 0
-                results[i] = {"boxes": boxes[j][keep], "scores": scores[j][keep], "labels": labels[j][keep]}
+                results[i] = {"boxes": box[keep], "scores": scores[j][keep], "labels": labels[j][keep]}
         return results
 
     def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        outputs = self.model(self.preprocess(images))
+        batch, metas = self.preprocess(images)
+        outputs = self.model(batch)
         _, num_classes, out_height, out_width = outputs["hm"].shape
         device = outputs["hm"].device
         table = self.label_map.dataset_to_native.to(device)
         encoded = []
-        for t in targets:  # on the device: labels without a native class get weight 0
+        for t, (scale, left, top) in zip(targets, metas):  # on the device: labels without a native class weigh 0
             labels = torch.as_tensor(t["labels"], device=device).long()
             native = torch.where((labels >= 0) & (labels < len(table)), table[labels.clamp(0, len(table) - 1)], -1)
-            boxes = torch.as_tensor(t["boxes"], device=device)
+            boxes = torch.as_tensor(t["boxes"], device=device, dtype=torch.float32).reshape(-1, 4)
+            boxes = boxes * scale + boxes.new_tensor([left, top, left, top])
             encoded.append(encode_targets(boxes, native, num_classes, out_height, out_width))
         return centernet_loss(outputs, encoded)
 
@@ -500,8 +527,10 @@ def build_centernet(
     """
     # Our own checkpoints never get here: icm.detectors.build_detector rebuilds them for
     # every family. A path here is an official ctdet checkpoint.
-    default_native = None if arch == "small" else COCO_CLASSES
+    default_native = None if arch == "small" else (VOC_CLASSES if registered_name in PASCAL_MODELS else COCO_CLASSES)
     native, classes = resolve_classes(classes, num_classes, default_native)
+    if registered_name in PASCAL_MODELS:
+        kwargs.setdefault("input_size", PASCAL_MODELS[registered_name][1])
     detector = CenterNet(classes, native_classes=native, arch=arch, **kwargs)
     if weights == "default" and arch == "small":
         raise WeightsUnavailableError(
@@ -509,7 +538,7 @@ def build_centernet(
             f"pass --weights {registered_name}=PATH, or weights=None to start from random weights"
         )
     if weights == "default":
-        filename = OFFICIAL_FILES[arch]
+        filename = PASCAL_MODELS[registered_name][0] if registered_name in PASCAL_MODELS else OFFICIAL_FILES[arch]
         weights = Path(torch.hub.get_dir()) / "checkpoints" / filename
         if not weights.is_file():
             raise weights_unavailable(
@@ -531,6 +560,20 @@ def build_centernet_resdcn18(**kwargs) -> CenterNet:
 def build_centernet_res18(**kwargs) -> CenterNet:
     """CenterNet ResNet-18 with the plain transposed-conv neck (official ``res_18`` layout)."""
     return build_centernet("res_18", "centernet_res18", **kwargs)
+
+
+@register("centernet_pascal384")
+def build_centernet_pascal384(**kwargs) -> CenterNet:
+    """CenterNet ResDCN-18 trained on Pascal VOC 07+12 (official ``ctdet_pascal_resdcn18_384.pth``,
+    20-class head), run as trained: each image scaled to fit 384 x 384, centred on black."""
+    return build_centernet("resdcn_18", "centernet_pascal384", **kwargs)
+
+
+@register("centernet_pascal512")
+def build_centernet_pascal512(**kwargs) -> CenterNet:
+    """CenterNet ResDCN-18 trained on Pascal VOC 07+12 (official ``ctdet_pascal_resdcn18_512.pth``),
+    at 512 x 512."""
+    return build_centernet("resdcn_18", "centernet_pascal512", **kwargs)
 
 
 @register("toy_centernet")

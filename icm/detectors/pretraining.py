@@ -74,7 +74,7 @@ class Body(nn.Module):
         if self.family == "torchvision":
             x = (x - self.mean) / self.std
         elif self.family == "centernet":
-            x = self.detector[0].preprocess(list(x))
+            x = self.detector[0].preprocess(list(x))[0]
         for layer in self.layers:
             x = layer(x)
             if isinstance(x, dict):  # torchvision's IntermediateLayerGetter

@@ -30,6 +30,7 @@ width with the reduced tail, input 128x128).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -232,7 +233,9 @@ def _zoo_state_dict(name: str, spec: TorchvisionSpec, weights: str | Path) -> di
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # torchvision's reference train.py stores its argparse Namespace beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise ValueError(f"{path}: not a torchvision state dict ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # torchvision reference-script checkpoint
