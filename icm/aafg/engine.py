@@ -213,8 +213,10 @@ def augment_shard(
     progress: bool = True,
     on_image_written: Callable[[dict], None] | None = None,
     codec: Reconstruction | None = None,
+    sharded: bool = False,
 ) -> RunSummary:
     """Augment this process's shard of ``samples`` into ``save_path``, skipping finished ids.
+    ``sharded``: ``samples`` is already this shard's part (a reader that parsed only it).
 
     ``targets`` is ``"gt"`` (the samples' boxes) or ``"pseudo"`` (each detector's clean
     predictions). Every image draws from its own generator, seeded from ``seed`` and its id,
@@ -233,7 +235,7 @@ def augment_shard(
     images_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(save_path)  # images or lines of a process killed midway
 
-    mine = shard_samples(samples, *shard)
+    mine = list(samples) if sharded else shard_samples(samples, *shard)
     done_before = finished_ids(save_path)
     todo = [s for s in mine if s.id not in done_before]
     summary = RunSummary(skipped=len(mine) - len(todo))

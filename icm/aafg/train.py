@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from icm.aafg.engine import combined_shard, run_stage_one, shard_samples, write_summary
+from icm.aafg.engine import combined_shard, run_stage_one, write_summary
 from icm.aafg.meta_aafg import MetaAAFGConfig, Reconstruction, gradient_budget
 from icm.cli import (
     detector_weights,
@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
 
-    dataset = load_dataset(str(args.dataset), split=args.split, root=args.data_root, limit=args.limit)
+    # Each process parses only its shard's annotations (VOC, COCO, Open Images readers).
+    dataset = load_dataset(str(args.dataset), split=args.split, root=args.data_root, limit=args.limit,
+                           shard=(shard_index, shard_count) if shard_count > 1 else None)
     if args.targets == "gt" and not dataset.classes:
         raise ValueError(f"dataset {args.dataset} has no labels: use --targets pseudo")
     samples = dataset.samples
@@ -216,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     check_resumable(save_path, args)
     save_path.mkdir(parents=True, exist_ok=True)
     save_run_config(save_path, vars(args), str(device))  # the shard goes in its summary file
-    mine = len(shard_samples(samples, shard_index, shard_count))
-    print(f"Meta-AAFG: {mine} of {len(samples)} images of {dataset.name}/{args.split} "
+    print(f"Meta-AAFG: {len(samples)} images of {dataset.name}/{args.split} "
           f"(shard {shard_index}/{shard_count}), models {names}, meta {args.meta}, "
           f"{gradient_budget(config, len(names))} gradient evaluations per image, device {device}, "
           f"batches of {batch_size}",
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_stage_one(
         samples, detectors, config, save_path, targets=args.targets, batch_size=batch_size,
         device=device, seed=args.seed, shard=(shard_index, shard_count), progress=not args.no_progress,
-        codec=codec, force_unlock=args.force_unlock,
+        codec=codec, force_unlock=args.force_unlock, sharded=True,
     )
     write_summary(save_path, summary, (shard_index, shard_count))
     print(summary.format())

@@ -85,6 +85,7 @@ def load_dataset(
     split: str = "val",
     root: str | os.PathLike | None = None,
     limit: int | None = None,
+    shard: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> DetectionDataset:
     """Load a dataset by config name (``voc``, ``coco``, ``oid``, ``toy``: the files in
@@ -94,12 +95,23 @@ def load_dataset(
     ``--data_root``) replaces the config's root, the data's folder (e.g. a VOCdevkit); a
     relative root in a config is under :func:`data_dir`. ``overrides`` replace or add
     reader options (e.g. ``skip_unknown=True``). Config names are case-insensitive
-    (``VOC`` = ``voc``). ``limit`` keeps the first N samples. The toy set is generated on
+    (``VOC`` = ``voc``). ``limit`` keeps the first N samples. ``shard=(I, N)`` keeps samples
+    I, I + N, ... of those, and the VOC, COCO and Open Images readers parse only those images'
+    annotations (positions in the split's image list, before any missing image is skipped),
+    so each process of a large run reads its part of the index. The toy set is generated on
     first use. Missing data is a one-line error saying what is missing and how to point at it.
     """
-    dataset = _load_dataset(name_or_config, split, root, overrides)
-    if limit is not None:
-        dataset = dataclasses.replace(dataset, samples=dataset.samples[:limit])
+    if shard is None:
+        dataset = _load_dataset(name_or_config, split, root, overrides)
+        return dataset if limit is None else dataclasses.replace(dataset, samples=dataset.samples[:limit])
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= I < N")
+
+    def select(position: int) -> bool:
+        return (limit is None or position < limit) and position % count == index
+
+    dataset = _load_dataset(name_or_config, split, root, {**overrides, "select": select})
     return dataset
 
 
@@ -110,7 +122,8 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
         name_or_config = str(name_or_config).lower()
     is_config_name = (CONFIG_DIR / "datasets" / f"{name_or_config}.yaml").is_file()
     if path.is_dir() and not is_config_name:  # a config name wins over a folder of that name
-        return read_image_folder(path, **overrides)
+        select = overrides.pop("select", None)
+        return _selected(read_image_folder(path, **overrides), select)
     config_path = resolve_config_path(name_or_config, "datasets")
     config = load_yaml(config_path)
     fmt = config.get("format")
@@ -136,6 +149,9 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
         if isinstance(options.get(key), str):
             options[key] = root / options[key]
     accepted = inspect.signature(READERS[fmt]).parameters
+    select = options.pop("select", None)
+    if select is not None and "select" in accepted:
+        options["select"] = select
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise ConfigError(f"{config_path}: options {unknown} are not accepted by the {fmt} reader")
@@ -144,7 +160,7 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
         if not is_toy_dataset(root):
             make_toy_dataset(root, **(config.get("generate") or {}))
         complete_toy_set(root)  # a set made before the masks files or val_shifted existed
-        return read_toy(root, **options)
+        return _selected(read_toy(root, **options), select)
     for needed in [root] + [options[k] for k in PATH_OPTIONS if isinstance(options.get(k), Path)]:
         if not needed.exists():
             raise FileNotFoundError(
@@ -152,8 +168,15 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
                 "Or pass the data's folder with --data_root, or set ICM_DATA_ROOT to the folder holding it."
             )
     if fmt in ("voc", "folder"):
-        return READERS[fmt](root, **options)
+        return _selected(READERS[fmt](root, **options), select if "select" not in options else None)
     return READERS[fmt](**options)  # coco, oid: their files are options under root
+
+
+def _selected(dataset: DetectionDataset, select: Callable[[int], bool] | None) -> DetectionDataset:
+    """The samples at the positions ``select`` keeps (readers that parse everything anyway)."""
+    if select is None:
+        return dataset
+    return dataclasses.replace(dataset, samples=[s for i, s in enumerate(dataset.samples) if select(i)])
 
 
 def detect_layout(root: str | os.PathLike) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pycocotools.coco import COCO
@@ -28,6 +29,7 @@ def read_coco(
     skip_unknown: bool = False,
     skip_missing: bool = False,
     name: str | None = None,
+    select: Callable[[int], bool] | None = None,
 ) -> DetectionDataset:
     """Read a COCO instances file into a :class:`DetectionDataset` (images sorted by id).
 
@@ -38,6 +40,7 @@ def read_coco(
     skipped and counted), and an annotation whose ``category_id`` is not among the
     categories (or, with ``skip_unknown``, skipped and counted). Boxes outside the image
     are clipped, boxes with no area dropped; the counts come in one warning.
+    ``select(position)`` keeps only some positions of the id-sorted image list.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     data = read_json(ann_file)
@@ -51,7 +54,9 @@ def read_coco(
     index_of = {cat_id: i for i, cat_id in enumerate(category_ids)}
     report = ReadReport()
     samples = []
-    for image_id in sorted(coco.imgs):
+    for position, image_id in enumerate(sorted(coco.imgs)):
+        if select is not None and not select(position):
+            continue
         info = coco.imgs[image_id]
         image_path = image_dir / info["file_name"]
         if not image_path.is_file():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ def read_oid(
     name: str | None = None,
     image_labels_csv: str | os.PathLike | None = None,
     hierarchy_json: str | os.PathLike | None = None,
+    select: Callable[[int], bool] | None = None,
 ) -> DetectionDataset:
     """Read Open Images boxes into a :class:`DetectionDataset` (samples sorted by id).
 
@@ -58,6 +59,8 @@ def read_oid(
     with ``skip_missing``, the image is skipped and counted), and a ``LabelName`` absent
     from ``class_csv`` (or, with ``skip_unknown``, the row is skipped and counted). Boxes
     outside the image are clipped, boxes with no area dropped; counts in one warning.
+    ``select(position)`` keeps only some positions of the id-sorted image list: the box and
+    label rows of the others are skipped as they are read.
     """
     box_csv, class_csv, image_dir = Path(box_csv), Path(class_csv), Path(image_dir)
     descriptions = read_class_descriptions(class_csv)
@@ -69,9 +72,12 @@ def read_oid(
 
     report = ReadReport()
     if image_ids is None:
-        image_paths = {p.stem: p for p in list_images(image_dir)}
+        found = sorted(list_images(image_dir), key=lambda p: p.stem)
+        image_paths = {p.stem: p for i, p in enumerate(found) if select is None or select(i)}
     else:
         ids = read_image_ids(image_ids) if isinstance(image_ids, str | os.PathLike) else list(image_ids)
+        if select is not None:
+            ids = [image_id for i, image_id in enumerate(sorted(ids)) if select(i)]
         image_paths = {}
         for image_id in ids:
             path = image_dir / f"{image_id}.jpg"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from icm.data.classmaps import VOC_CLASSES
@@ -33,6 +33,7 @@ def read_voc(
     skip_unknown: bool = False,
     skip_missing: bool = False,
     name: str | None = None,
+    select: Callable[[int], bool] | None = None,
 ) -> DetectionDataset:
     """Read a VOC split into a :class:`DetectionDataset`.
 
@@ -48,7 +49,8 @@ def read_voc(
     annotation, a missing image (or, with ``skip_missing``, the sample is skipped and
     counted), and an object whose class is not in ``classes`` (or, with ``skip_unknown``,
     the object is skipped and counted). Boxes outside the image are clipped, boxes with no
-    area dropped; the counts come in one warning for the dataset.
+    area dropped; the counts come in one warning for the dataset. ``select(position)`` keeps
+    only some positions of the image list (years in order): the others are not parsed.
     """
     root = Path(root)
     if (root / "ImageSets" / "Main").is_dir():
@@ -60,6 +62,7 @@ def read_voc(
     class_index = {c: i for i, c in enumerate(classes)}
     report = ReadReport()
     samples = []
+    position = -1
     for folder, id_prefix in folders:
         list_file = folder / "ImageSets" / "Main" / f"{split}.txt"
         if not list_file.is_file():
@@ -68,6 +71,9 @@ def read_voc(
             if not line.strip():
                 continue
             image_id = line.split()[0]
+            position += 1
+            if select is not None and not select(position):
+                continue
             sample = _read_annotation(
                 folder, image_id, id_prefix + image_id, class_index, skip_unknown, skip_missing, report
             )
