@@ -236,3 +236,23 @@ def test_intervals_of_the_same_a_better_and_a_flat_codec(synthetic, tmp_path):
     # the full-sample value of every resampled array is the JSON's
     assert map_from_matches(PointSamples.load(folder / "flat-q2.matches.npz").matches["det"], "voc07") == pytest.approx(
         read_json(folder / "flat-q2.json")["results"]["map-voc07:det"][0])
+
+
+def test_generalization_table_has_one_row_per_axis_with_intervals(synthetic, tmp_path):
+    from icm.evaluation.make_tables import main
+
+    folder, _ = synthetic
+    assert main(["--generalization", f"models={folder}:map-voc07:det", f"fidelity={folder}:psnr-rgb",
+                 f"task={folder}:mask-map-coco:det", "--test", "better", "--references", "anchor", "copy",
+                 "--bootstrap", "200", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "generalization.md").read_text()
+    lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    models = lines["models"].rstrip(" |").split(" | ")
+    # better vs anchor and vs copy (the anchor again): the same estimates, more mAP at equal bpp
+    assert models[2] == models[4] and models[3] == models[5] and float(models[3].split()[0]) > 0
+    low = float(models[3].split("[")[1].split(",")[0])
+    assert low > 0  # +10% recall is outside the noise of 80 images
+    assert lines["fidelity"].split(" | ")[2].startswith("0.00")  # same PSNR and bpp: BD-rate 0
+    assert "task: no result (metric mask-map-coco:det not in its files)" in md
+    with pytest.raises(SystemExit):
+        main(["--generalization", "no-colon-here", "--out", str(tmp_path)])

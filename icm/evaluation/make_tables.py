@@ -315,6 +315,43 @@ def bd_table(curves: list[Curve], anchor: Curve, protocol: str | None, method: s
                  row_scale_column=4, csv_header=csv_header, csv_rows=csv_rows, notes=notes)
 
 
+def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: str, references: list[str],
+                         method: str = DEFAULT_METHOD, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Table:
+    """One row per generalization axis (name, result JSON files, metric key): the BD-rate (%)
+    and BD-quality of codec ``test`` against each of ``references`` on that axis's metric,
+    with paired bootstrap intervals over that axis's images. An axis whose files lack the
+    metric or a codec gets a row saying so."""
+    pct = f"{CONFIDENCE:.0%}"
+    header = ["axis", "measure"] + [f"vs {r}: {what} [{pct} CI]" for r in references
+                                    for what in ("BD-rate (%)", "BD-quality")]
+    rows, notes = [], []
+    for axis, paths, key in axes:
+        scale = 1.0 if key == "psnr-rgb" else 100.0
+        curves = load_curves(paths)
+        by_name = {c.name: c for c in curves}
+        missing = [n for n in [test, *references] if n not in by_name]
+        if missing or not any(key in c.results for c in curves):
+            what = f"codecs {', '.join(missing)}" if missing else f"metric {key}"
+            rows.append([axis, key] + [None] * (2 * len(references)))
+            notes.append(f"{axis}: no result ({what} not in its files)")
+            continue
+        row = [axis, key]
+        for reference in references:
+            anchor = by_name[reference]
+            boot = bootstrap_curves(curves, anchor, resamples, seed, method) if resamples else None
+            estimates = _bd_pair(anchor, by_name[test], key, method)
+            intervals = boot.intervals(anchor, by_name[test], key, estimates) if boot else (None, None)
+            for estimate, ci, unit in zip(estimates, intervals, (1.0, scale)):  # BD-quality in points or dB
+                values = (estimate, *((ci.low, ci.high) if ci else (None, None)))
+                row.append(tuple(None if _missing(v) else v * unit for v in values))
+        rows.append(row)
+        images = boot.num_images if resamples and boot else "?"
+        notes.append(f"{axis}: {key} on {images} images")
+    formats = ["s", "s"] + [".2f", ".3f"] * len(references)
+    return Table(f"Generalization of {test}: BD-rate (%) and BD-quality (mAP points; PSNR in dB) per axis, "
+                 f"{method} interpolation", header, rows, formats, [1.0] * len(formats), notes=notes)
+
+
 def _excludes_zero(estimate: float, ci: Interval | None) -> str | None:
     """'yes' / 'no', or 'unstable' where no claim can be made: the estimate itself has no BD
     (a curve is not monotonic) or more than MAX_DROPPED of the resamples had none."""
@@ -500,7 +537,14 @@ def build_parser() -> argparse.ArgumentParser:
         "from evaluation result JSON files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("results", nargs="+", help="result JSON files (evaluate.py's OUT/*.json)")
+    p.add_argument("results", nargs="*", help="result JSON files (evaluate.py's OUT/*.json)")
+    p.add_argument("--generalization", nargs="+", default=None, metavar="AXIS=DIR:KEY",
+                   help="instead: one row per axis, codec --test against each of --references on metric KEY of "
+                   "the results in evaluation folder DIR (e.g. 'unseen domain=runs/x/eval_shifted:map-voc07:all-mean'), "
+                   "written to <--out>/generalization.md")
+    p.add_argument("--test", default="maa", help="the codec the generalization table is about")
+    p.add_argument("--references", nargs="+", default=["anchor", "control"],
+                   help="the codecs it is compared with in the generalization table")
     p.add_argument("--config", default=None, help="YAML file of defaults (section make_tables); flags win")
     p.add_argument("--anchor", default=None, help="anchor codec name; None: the zoo/base codec found")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="BD interpolation")
@@ -560,6 +604,24 @@ def make_tables(paths: list[str | Path], out_dir: str | Path, img_dir: str | Pat
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args_with_config(build_parser(), argv, "make_tables")
+    if args.generalization:
+        axes = []
+        for item in args.generalization:
+            axis, sep, rest = item.partition("=")
+            folder, sep2, key = rest.partition(":")
+            if not (sep and sep2 and axis and key):
+                raise ValueError(f"--generalization {item!r}: expected AXIS=DIR:KEY")
+            paths = sorted(str(p) for p in Path(folder).glob("*.json"))
+            if not paths:
+                raise ValueError(f"--generalization {item!r}: no result JSON files in {folder}")
+            axes.append((axis, paths, key))
+        table = generalization_table(axes, args.test, args.references, args.method, args.bootstrap, args.seed)
+        path = Path(args.out) / "generalization.md"
+        atomic_write_text(path, table.markdown())
+        print(path)
+        return 0
+    if not args.results:
+        raise ValueError("give result JSON files (or --generalization)")
     plots = None if args.no_plots else tuple(args.plot_protocols)
     written = make_tables(args.results, args.out, args.img_dir, args.anchor, args.method, plots,
                           args.bootstrap, args.seed)
