@@ -149,7 +149,7 @@ def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tup
                     d, [images[i] for i in rows], [targets[i] for i in rows]))[1]
         passes = counter["gradient_evaluations"]
         row = {"images_per_second_wall": num_images / wall, "images_per_second_cpu": num_images / cpu,
-               "gradient_passes_per_cpu_second": passes / cpu,
+               "gradient_passes_per_wall_second": passes / wall, "gradient_passes_per_cpu_second": passes / cpu,
                "model_set_passes_per_cpu_second": num_images * len(detectors) / limit_cpu}
         row["share_of_the_limit"] = row["gradient_passes_per_cpu_second"] / row["model_set_passes_per_cpu_second"]
         if reference is None:
