@@ -7,7 +7,8 @@ next chunk is submitted, so fast GPUs take more chunks than slow ones (dynamic l
 balancing) and a straggler holds up one small chunk, not a whole shard. A chunk whose job
 fails (a crash, a lost node, a time limit) is submitted again up to ``retries`` times;
 stage one resumes from its manifests, so a retry does only the images its last attempt did
-not finish.
+not finish (and takes over the shard's lock, which a killed job leaves behind: submitit has
+reported that job finished). On the local executor each job gets its own GPUs.
 
 Outputs have the format of a static-shard run: stage one's chunks write into one
 ``--save_path``, each chunk its own ``manifest.shard-I-of-N.jsonl`` (no file has two
@@ -113,14 +114,22 @@ class ChunkReport:
 
 
 def submit_chunks(executor: Executor, stage: str, argv: Sequence[str], chunks: int, parallel: int,
-                  retries: int = 2, poll_seconds: float = 5.0, progress: bool = True) -> ChunkReport:
+                  retries: int = 2, poll_seconds: float = 5.0, progress: bool = True,
+                  gpu_slots: Sequence[Sequence[int]] | None = None) -> ChunkReport:
     """Run ``chunks`` chunks of ``stage`` on ``executor``, at most ``parallel`` at a time,
-    each retried up to ``retries`` times; returns the :class:`ChunkReport`."""
+    each retried up to ``retries`` times; returns the :class:`ChunkReport`. ``gpu_slots``
+    (local executor): the GPU ids of each slot; a job takes a free slot (its
+    ``CUDA_VISIBLE_DEVICES``), so at most that many run at once."""
     if chunks < 1 or parallel < 1 or retries < 0:
         raise ValueError("need chunks >= 1, parallel >= 1 and retries >= 0")
+    if gpu_slots is not None:
+        if not gpu_slots:
+            raise ValueError("no GPU slots: fewer GPUs than --gpus_per_job")
+        parallel = min(parallel, len(gpu_slots))
     commands = [chunk_command(stage, argv, i, chunks) for i in range(chunks)]
     report = ChunkReport(chunks)
-    pending, running = deque(range(chunks)), {}
+    pending, running, slot_of = deque(range(chunks)), {}, {}
+    free_slots = deque(range(len(gpu_slots))) if gpu_slots is not None else None
     start = time.perf_counter()
     from tqdm import tqdm
 
@@ -129,12 +138,20 @@ def submit_chunks(executor: Executor, stage: str, argv: Sequence[str], chunks: i
         while pending and len(running) < parallel:
             i = pending.popleft()
             report.attempts[i] += 1
-            running[i] = executor.submit(run_chunk, stage, commands[i])
+            command = commands[i]
+            if report.attempts[i] > 1 and stage == "meta_aafg":
+                command = [*command, "--force_unlock"]  # the failed attempt's lock, if it was killed
+            if free_slots is not None:
+                slot_of[i] = free_slots.popleft()
+                executor.update_parameters(local_visible_gpus=list(gpu_slots[slot_of[i]]))
+            running[i] = executor.submit(run_chunk, stage, command)
         finished = [i for i, job in running.items() if job.done()]
         if not finished:
             time.sleep(poll_seconds)
             continue
         for i in finished:
+            if i in slot_of:
+                free_slots.append(slot_of.pop(i))
             try:
                 running.pop(i).result()
             except Exception as e:  # the job's exception, re-raised by submitit
@@ -149,6 +166,13 @@ def submit_chunks(executor: Executor, stage: str, argv: Sequence[str], chunks: i
     bar.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def local_gpu_slots(gpus_per_job: int, gpu_count: int) -> list[list[int]] | None:
+    """The local executor's GPU slots: ``gpus_per_job`` GPUs each, disjoint (None: no GPUs)."""
+    if gpus_per_job == 0:
+        return None
+    return [list(range(k, k + gpus_per_job)) for k in range(0, gpu_count - gpus_per_job + 1, gpus_per_job)]
 
 
 def make_executor(kind: str, folder: str | Path, timeout_min: int, gpus_per_job: int, cpus_per_job: int,

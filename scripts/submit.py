@@ -17,7 +17,14 @@ import argparse
 import sys
 
 from icm.cli import exit_on_user_error, non_negative_int, positive_int, positive_number
-from icm.cluster import STAGES, evaluation_shard_folder, flag_value, make_executor, submit_chunks
+from icm.cluster import (
+    STAGES,
+    evaluation_shard_folder,
+    flag_value,
+    local_gpu_slots,
+    make_executor,
+    submit_chunks,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("give the stage's own flags after --")
     executor = make_executor(args.executor, args.logs, args.timeout_min, args.gpus_per_job, args.cpus_per_job,
                              args.mem_gb, args.partition)
+    slots = None
+    if args.executor == "local":
+        import torch
+
+        slots = local_gpu_slots(args.gpus_per_job, torch.cuda.device_count())
     report = submit_chunks(executor, args.stage, stage_flags, args.chunks, args.parallel, args.retries,
-                           args.poll_seconds, progress=not args.no_progress)
+                           args.poll_seconds, progress=not args.no_progress, gpu_slots=slots)
     print(report.format())
     if report.failed:
         print(f"error: {len(report.failed)} chunks failed every attempt; logs in {args.logs}", file=sys.stderr)

@@ -67,6 +67,8 @@ def test_torchrun_local_ranks_share_the_gpus_there_are(monkeypatch):
     for local_rank, gpu in [(0, 0), (1, 1), (2, 0), (5, 1)]:
         monkeypatch.setenv("LOCAL_RANK", str(local_rank))
         assert resolve_device("auto") == torch.device("cuda", gpu)
+        assert resolve_device("cuda") == torch.device("cuda", gpu)  # an index, as DDP and set_device need
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
 
 
 def test_user_errors_become_one_line(capsys, monkeypatch):

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from icm.cluster import ChunkReport, chunk_command, evaluation_shard_folder, submit_chunks
+from icm.cluster import (
+    ChunkReport,
+    chunk_command,
+    evaluation_shard_folder,
+    local_gpu_slots,
+    submit_chunks,
+)
 from icm.io import read_image_tensor
 from icm.manifest import read_manifest_records
 
@@ -24,6 +30,7 @@ class ScriptedJob:
 
     def result(self):
         self.executor.in_flight -= 1
+        self.executor.gpus_in_use.pop(self.chunk, None)
         if self.fails:
             raise RuntimeError(f"chunk {self.chunk} crashed\nCUDA error: device lost")
         return 0
@@ -34,10 +41,18 @@ class ScriptedExecutor:
 
     def __init__(self, failures):
         self.failures, self.submitted, self.in_flight, self.most_in_flight = dict(failures), [], 0, 0
+        self.commands, self.gpus_in_use = [], {}
+
+    def update_parameters(self, **kwargs):
+        self.gpus = kwargs["local_visible_gpus"]
 
     def submit(self, fn, stage, argv):
         chunk = int(argv[argv.index("--shard") + 1].split("/")[0])
         self.submitted.append(chunk)
+        self.commands.append(argv)
+        if hasattr(self, "gpus"):
+            assert self.gpus not in self.gpus_in_use.values()  # a slot is never shared
+            self.gpus_in_use[chunk] = self.gpus
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         fails = self.failures.get(chunk, 0) > 0
@@ -54,6 +69,16 @@ def test_chunks_run_in_a_window_and_failed_ones_are_retried_until_the_limit():
     assert sorted(executor.submitted) == [0, 1, 1, 2, 3, 3, 3, 4]
     assert report.attempts == {0: 1, 1: 2, 2: 1, 3: 3, 4: 1}
     assert report.failed == {3: "CUDA error: device lost"}
+    # a retry takes over the lock a killed attempt may have left; first attempts do not
+    retried = [chunk in executor.submitted[:k] for k, chunk in enumerate(executor.submitted)]
+    assert [("--force_unlock" in c) for c in executor.commands] == retried and sum(retried) == 3
+    slots = ScriptedExecutor({})
+    submit_chunks(slots, "meta_aafg", ["--dataset", "toy"], chunks=6, parallel=8, poll_seconds=0, progress=False,
+                  gpu_slots=local_gpu_slots(2, 5))
+    assert local_gpu_slots(2, 5) == [[0, 1], [2, 3]] and slots.most_in_flight == 2 and len(slots.submitted) == 6
+    assert local_gpu_slots(0, 8) is None
+    with pytest.raises(ValueError, match="no GPU slots"):
+        submit_chunks(slots, "meta_aafg", [], 1, 1, gpu_slots=local_gpu_slots(1, 0))
     assert "4 of 5 chunks done" in report.format() and "chunk 3 failed" in report.format()
     assert submit_chunks(ScriptedExecutor({}), "evaluate", ["--out", "x"], 3, 8, poll_seconds=0,
                          progress=False).failed == {}

@@ -62,3 +62,14 @@ def test_toy_and_folder_sets_are_sharded_after_reading(tmp_path):
     folder = toy / "JPEGImages" if (toy / "JPEGImages").is_dir() else toy
     whole = ids(load_dataset(str(folder)))
     assert ids(load_dataset(str(folder), shard=(0, 3))) == whole[0::3]
+
+
+def test_repeated_open_images_ids_are_read_once_in_any_shard():
+    warnings.simplefilter("ignore")
+    read = lambda **kw: read_oid(FIXTURES / "oid" / "boxes.csv", FIXTURES / "oid" / "class-descriptions.csv",  # noqa: E731
+                                 FIXTURES / "oid" / "images", **kw)
+    listed = ids(read())
+    repeated = listed + listed[:1]  # e.g. a box CSV's ImageID column given as the id list
+    full = ids(read(image_ids=repeated))
+    parts = [ids(read(image_ids=repeated, select=lambda p, i=i: p % 2 == i)) for i in range(2)]
+    assert sorted(parts[0] + parts[1]) == sorted(full) == sorted(listed)

@@ -396,3 +396,12 @@ def test_pascal_models_have_voc_heads_and_run_at_their_fixed_input(tmp_path):
     x = image[None].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(detector.loss(x, target), x)
     assert grad.abs().sum() > 0
+
+
+def test_images_without_boxes_encode_and_give_a_loss():
+    t = encode_targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 3, 8, 8)
+    assert t["heatmap"].shape == (3, 8, 8) and t["heatmap"].sum() == 0 and t["index"].shape == (0,)
+    detector = CenterNet(["a", "b"], arch="small")
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    loss = detector.loss(torch.rand(2, 3, 64, 64), [empty, empty])
+    assert torch.isfinite(loss) and loss > 0

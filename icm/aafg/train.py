@@ -46,7 +46,7 @@ DEFAULT_MODELS = "yolov3,faster_rcnn,centernet"
 # Settings that change the images: a rerun into a folder made with others would mix two runs.
 RESULT_KEYS = ("dataset", "data_root", "split", "models", "weights", "epsilon", "meta_steps", "inner_steps", "alpha_in",
                "alpha_out", "direction", "meta", "sample_models", "diversity", "smooth", "delta_scale",
-               "codec_aware", "targets", "pseudo_threshold", "seed")
+               "codec_aware", "autocast", "targets", "pseudo_threshold", "seed")
 
 
 def add_algorithm_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "None: 8 on CUDA, 1 on CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun local rank r "
                    "takes GPU r mod the GPU count), cpu, cuda, cuda:1, ...")
+    p.add_argument("--cudnn_benchmark", action="store_true",
+                   help="let cuDNN tune its algorithms per input shape: pays off with few distinct shapes "
+                   "(fixed-canvas detectors, one image size), maybe not with COCO / Open Images' many sizes; off")
     p.add_argument("--limit", type=limit, default=None, help="only the first N images of the split")
     p.add_argument("--shard", type=shard, default=None, metavar="I/N",
                    help="do shard I of N (combined with torchrun's RANK/WORLD_SIZE when set)")
@@ -200,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         args.shard, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     )
     torch.manual_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # a handful of input sizes per model set: tuned once each
+    if device.type == "cuda" and args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     batch_size = args.batch_size or (8 if device.type == "cuda" else 1)
     config = config_from_args(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)

@@ -76,8 +76,8 @@ def read_oid(
         image_paths = {p.stem: p for i, p in enumerate(found) if select is None or select(i)}
     else:
         ids = read_image_ids(image_ids) if isinstance(image_ids, str | os.PathLike) else list(image_ids)
-        if select is not None:
-            ids = [image_id for i, image_id in enumerate(sorted(ids)) if select(i)]
+        if select is not None:  # positions in the sorted list of distinct ids, as the full read orders them
+            ids = [image_id for i, image_id in enumerate(sorted(set(ids))) if select(i)]
         image_paths = {}
         for image_id in ids:
             path = image_dir / f"{image_id}.jpg"

@@ -266,7 +266,7 @@ def encode_targets(
     gy = torch.where(dy.abs() <= radius[:, None], -(dy**2), -math.inf)
     gauss = torch.exp((gy[:, :, None] + gx[:, None, :]) / two_sigma_sq[:, None, None])  # [N, h, w]
     gauss = torch.where(gauss < torch.finfo(torch.float32).eps, 0.0, gauss) * weight[:, None, None]
-    flat = gauss.reshape(len(boxes), -1)
+    flat = gauss.reshape(len(boxes), out_height * out_width)
     heatmap = torch.zeros(num_classes, out_height * out_width, device=device)
     heatmap.scatter_reduce_(0, labels.clamp(0, num_classes - 1)[:, None].expand_as(flat), flat, "amax")
     return {
@@ -424,6 +424,15 @@ class CenterNet(Detector):
             raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout (keys: {problems[:4]})")
         return self
 
+    def _label_table(self, device: torch.device) -> torch.Tensor:
+        """Dataset -> native labels on ``device``, copied there once (not at every loss)."""
+        cached = getattr(self, "_label_tables", {})
+        key = (str(device), id(self.label_map))
+        if key not in cached:
+            cached = {key: self.label_map.dataset_to_native.to(device)}
+            self._label_tables = cached
+        return cached[key]
+
     def canvas(self, height: int, width: int) -> tuple:
         """The fixed input square, or the size padded to a multiple of 32: equal ones are
         prepared alike."""
@@ -483,13 +492,14 @@ class CenterNet(Detector):
         outputs = self.model(batch)
         _, num_classes, out_height, out_width = outputs["hm"].shape
         device = outputs["hm"].device
-        table = self.label_map.dataset_to_native.to(device)
+        table = self._label_table(device)
         encoded = []
         for t, (scale, left, top) in zip(targets, metas):  # on the device: labels without a native class weigh 0
             labels = torch.as_tensor(t["labels"], device=device).long()
             native = torch.where((labels >= 0) & (labels < len(table)), table[labels.clamp(0, len(table) - 1)], -1)
-            boxes = torch.as_tensor(t["boxes"], device=device, dtype=torch.float32).reshape(-1, 4)
-            boxes = boxes * scale + boxes.new_tensor([left, top, left, top])
+            boxes = torch.as_tensor(t["boxes"], device=device, dtype=torch.float32).reshape(-1, 4) * scale
+            if left or top:  # Python scalars: no host-to-device copy
+                boxes = torch.stack([boxes[:, 0] + left, boxes[:, 1] + top, boxes[:, 2] + left, boxes[:, 3] + top], 1)
             encoded.append(encode_targets(boxes, native, num_classes, out_height, out_width))
         return centernet_loss(outputs, encoded)
 
