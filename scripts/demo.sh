@@ -15,7 +15,7 @@
 #   DEMO_IMAGES   stage-one images from the toy train split, or "all"      (32)
 #   DEMO_STEPS    stage-two fine-tuning steps per (quality, beta)          (40)
 #   DEMO_VAL      toy validation images evaluated, or "all"                (100)
-#   DEMO_SHIFTED  shifted-domain validation images evaluated, "all", or 0 (none)   (50)
+#   DEMO_SHIFTED  shifted-domain validation images evaluated, "all", or 0 (none)   (30)
 #   DEMO_QUALITIES toy codec qualities                                      ("1 2 3")
 #   DEMO_JOBS     processes at a time for stage one (shards) and stage two (1: progress bars
 #                 on the terminal; more: one log per process in $OUT/logs)  (1)
@@ -35,7 +35,7 @@ OUT=${DEMO_OUT:-runs/demo}
 IMAGES=${DEMO_IMAGES:-32}
 STEPS=${DEMO_STEPS:-40}
 VAL=${DEMO_VAL:-100}
-SHIFTED=${DEMO_SHIFTED:-50}
+SHIFTED=${DEMO_SHIFTED:-30}
 QUALITIES=${DEMO_QUALITIES:-"1 2 3"}
 JOBS=${DEMO_JOBS:-1}
 SEEDS=${DEMO_SEEDS:-0}
