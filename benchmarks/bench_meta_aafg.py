@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (scripts/gpu_check.sh)")
     p.add_argument("--autocast", choices=["bf16", "off"], default="bf16", help="detector forwards on CUDA")
+    p.add_argument("--channels_last", choices=["on", "off"], default="off", help="detector weights in channels_last")
     p.add_argument("--mixed_sizes", type=parse_sizes, default=None, metavar="HxW,...",
                    help="measure batching of mixed sizes on these image sizes instead (see above)")
     p.add_argument("--mixed_images", type=int, default=8, help="images per batch-size run of --mixed_sizes")
@@ -206,13 +207,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no small detector registered; pass --models (available: {available()})")
     detectors = {n: build_detector(n, classes=CLASSES, num_classes=len(CLASSES), weights=None, device=str(DEVICE))
                  for n in names}
+    if args.channels_last == "on":
+        for d in detectors.values():
+            d.to(memory_format=torch.channels_last)
     config = MetaAAFGConfig(meta_steps=args.meta_steps, inner_steps=args.inner_steps, meta=args.meta == "on",
                             autocast=args.autocast == "bf16")
     if args.mixed_sizes:
         batch_sizes = [int(b) for b in args.mixed_batches.split(",")]
         result = {"models": names, "sizes": [f"{h}x{w}" for h, w in args.mixed_sizes], "images": args.mixed_images,
                   "meta_steps": args.meta_steps, "inner_steps": args.inner_steps, "threads": args.threads,
-                  "device": str(DEVICE), "torch": torch.__version__,
+                  "device": str(DEVICE), "torch": torch.__version__, "channels_last": args.channels_last,
                   "by_batch_size": mixed_size_batching(detectors, config, args.mixed_sizes, args.mixed_images,
                                                        batch_sizes)}
         print(json.dumps(result, indent=2))
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {"models": names, "batch": args.batch, "size": args.size, "meta": args.meta,
               "meta_steps": args.meta_steps, "inner_steps": args.inner_steps, "threads": args.threads,
-              "gradient_evaluations_per_image": budget, "device": str(DEVICE), "torch": torch.__version__}
+              "gradient_evaluations_per_image": budget, "device": str(DEVICE), "torch": torch.__version__,
+              "channels_last": args.channels_last}
     for k, clock in enumerate(("wall", "cpu")):
         per_model = {n: statistics.median(t[k] for t in single[n]) for n in names}
         per_batch = statistics.median(t[k] for t in batches)

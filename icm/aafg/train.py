@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "None: 8 on CUDA, 1 on CPU")
     p.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun local rank r "
                    "takes GPU r mod the GPU count), cpu, cuda, cuda:1, ...")
+    p.add_argument("--channels_last", choices=["on", "off"], default="on",
+                   help="detector weights in channels_last memory format (on CPU it cut the toy detectors' "
+                   "forward+backward time by 1-28%%, see the README; the images are the same either way up to "
+                   "float arithmetic)")
     p.add_argument("--cudnn_benchmark", action="store_true",
                    help="let cuDNN tune its algorithms per input shape: pays off with few distinct shapes "
                    "(fixed-canvas detectors, one image size), maybe not with COCO / Open Images' many sizes; off")
@@ -217,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     samples = dataset.samples
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     detectors = build_model_set(names, dataset, detector_weights(args.weights), device, args.pseudo_threshold)
+    if args.channels_last == "on":
+        for detector in detectors.values():
+            detector.to(memory_format=torch.channels_last)
     save_path = Path(args.save_path)
     check_resumable(save_path, args)
     save_path.mkdir(parents=True, exist_ok=True)
