@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--detector", default="yolov3-tiny", help="the detector stage one used")
     p.add_argument("--weights", default=str(REPO / "data/real/yolov3-tiny.weights"), help="its weights")
     p.add_argument("--pseudo_score", type=probability, default=0.5, help="score threshold of the pseudo ground truth")
-    p.add_argument("--jpeg", default="10,20,40,70", help="JPEG qualities")
+    p.add_argument("--jpeg", default="3,5,7,10,20", help="JPEG qualities (low ones: at 10 and above YOLOv3-tiny keeps all of its few pseudo boxes)")
     p.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap resamples over photos")
     p.add_argument("--out", default="runs/real_world", help="folder for stage_one.json and stage_one.md")
     args = p.parse_args(argv)
