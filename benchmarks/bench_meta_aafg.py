@@ -65,6 +65,24 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def host_syncs(fn) -> int | None:
+    """How many times ``fn()`` makes the host wait for the GPU (torch's sync debug mode counts
+    each synchronising call: .item(), nonzero, boolean indexing, blocking copies); None on CPU."""
+    if DEVICE.type != "cuda":
+        return None
+    import warnings
+
+    torch.cuda.synchronize(DEVICE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def forward_backward(detector, images, targets) -> None:
     """One loss forward + one autograd.grad w.r.t. the images: what one gradient costs."""
     x = images.clone().requires_grad_(True)
@@ -261,6 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
         }
     # CPU time of whole batches / CPU time of the detector passes inside them.
     result["cpu"]["overhead_ratio_in_loop"] = sum(t[1] for t in batches) / in_loop["s"]
+    # Host synchronisations of one gradient pass per model: the detectors' own (ours are none
+    # in the loop); on CUDA only.
+    result["host_syncs_per_gradient_pass"] = {
+        n: host_syncs(lambda d=d: forward_backward(d, images, targets)) for n, d in detectors.items()}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

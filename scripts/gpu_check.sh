@@ -10,7 +10,9 @@
 #   2. stage two for a few steps under torchrun with one process: DDP on NCCL;
 #   3. evaluation of that codec and JPEG with the toy detectors (real bitstreams);
 #   4. the stage-one speed benchmark (benchmarks/bench_meta_aafg.py), at batch 1 and 4 on
-#      mixed sizes, written to OUT/bench_meta_aafg.json.
+#      mixed sizes, written to OUT/bench_meta_aafg.json;
+#   5. its overhead ratio and the host synchronisations of one gradient pass per model (the
+#      libraries' own, counted by torch's sync debug mode), OUT/bench_overhead.json.
 # Environment: GPU_CHECK_OUT (runs/gpu_check), PYTHON (.venv/bin/python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +62,8 @@ step evaluation "$PY" Evaluation/evaluate.py --dataset toy --limit $IMAGES --cod
     --device $DEVICE --out "$OUT/eval" --no_progress
 step bench_meta_aafg "$PY" benchmarks/bench_meta_aafg.py --device $DEVICE --models $SEEN --mixed_sizes $BENCH_SIZES \
     --mixed_images 4 --mixed_batches 1,4 "${STEPS[@]}" --out "$OUT/bench_meta_aafg.json"
+step host_syncs "$PY" benchmarks/bench_meta_aafg.py --device $DEVICE --models $SEEN --batch 2 --size 128 --batches 1 \
+    --repeats 1 "${STEPS[@]}" --out "$OUT/bench_overhead.json"
 
 echo
 echo "GPU check on $("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if '$DEVICE' == 'cuda' else 'CPU (dry run)')")"

@@ -16,5 +16,6 @@ def test_the_gpu_check_passes_its_dry_run_on_cpu(tmp_path):
                          timeout=1800)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     table = run.stdout.split("| step | seconds | result |")[1]
-    assert table.count("| PASS |") == 4
+    assert table.count("| PASS |") == 5
     assert "(DDP, gloo)" in (tmp_path / "stage_two_ddp.log").read_text()
+    assert "host_syncs_per_gradient_pass" in (tmp_path / "bench_overhead.json").read_text()
