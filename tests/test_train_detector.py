@@ -307,3 +307,33 @@ def test_default_run_folders_are_one_per_settings_with_a_latest_link(toy8, tmp_p
     with pytest.raises(SystemExit):  # the same settings again: that run's folder, which it never replaces
         script.main([*common, "--lr", "2e-3"])
     assert "holds a run" in capsys.readouterr().err
+
+
+def test_instance_masks_follow_their_boxes_through_flips_and_train_the_mask_head(toy8, tmp_path):
+    from icm.data import DetectionImageDataset
+    from icm.detectors.training import predicts_masks
+
+    data = load_dataset("toy", split="train", root=toy8)
+    image, target = DetectionImageDataset(data, masks=True)[0]
+    masks, boxes = target["masks"], target["boxes"]
+    assert masks.shape == (len(boxes), 64, 64) and masks.dtype == torch.uint8 and masks.flatten(1).sum(1).min() > 0
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.round().long().tolist()):
+        inside = torch.zeros_like(mask)
+        inside[y1:y2, x1:x2] = 1
+        assert (mask & ~inside.bool()).sum() == 0  # each mask inside its box
+    _, flipped = hflip(image, target)
+    assert torch.equal(flipped["masks"], masks.flip(-1))
+    with pytest.raises(ValueError, match="has no instance masks file"):
+        DetectionImageDataset(load_dataset(str(toy8 / "JPEGImages")), masks=True)
+
+    torch.manual_seed(0)
+    detector = build_detector("toy_mask_rcnn", classes=TOY_CLASSES, weights=None)
+    assert predicts_masks(detector) and not predicts_masks(build_detector("toy_faster_rcnn", classes=TOY_CLASSES,
+                                                                          weights=None))
+    summary = train_detector(detector, data, None, tmp_path / "m", TrainSettings(max_steps=6, batch_size=4, seed=0,
+                                                                                   log_every=1), torch.device("cpu"),
+                             progress=False)
+    assert summary["steps"] == 6 and all(math.isfinite(v) for v in summary["losses"])
+    again = load_detector(tmp_path / "m" / "last.pt")
+    pred = again.predict([image])[0]
+    assert "masks" in pred and pred["masks"].shape[-2:] == (64, 64)

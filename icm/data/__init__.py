@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -204,16 +205,30 @@ class DetectionImageDataset(Dataset):
     (:func:`icm.io.read_image_tensor`), ``target`` a dict with ``boxes`` float32 [N, 4]
     (xyxy pixels), ``labels`` int64 [N], ``difficult`` / ``iscrowd`` / ``group`` bool [N],
     ``id`` (str) and ``size`` ``(H, W)``. ``transform(image, target) -> (image, target)``
-    is applied last, when given.
+    is applied last, when given. With ``masks`` the target also has ``masks`` uint8
+    [N, H, W]: each box's instance mask from the dataset's ``mask_file`` (the annotation of
+    that image whose box overlaps it most; an object without one is an error naming it).
     """
 
     def __init__(
         self,
         dataset: DetectionDataset,
         transform: Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]] | None = None,
+        masks: bool = False,
     ) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.masks_by_file: dict[str, list[dict]] | None = None
+        if masks:
+            if dataset.mask_file is None:
+                raise ValueError(f"dataset {dataset.name} has no instance masks file (mask_file)")
+            from icm.io import read_json
+
+            instances = read_json(dataset.mask_file)
+            names = {img["id"]: img["file_name"] for img in instances.get("images", [])}
+            self.masks_by_file = {}
+            for ann in instances.get("annotations", []):
+                self.masks_by_file.setdefault(names[ann["image_id"]], []).append(ann)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -236,9 +251,42 @@ class DetectionImageDataset(Dataset):
             "id": sample.id,
             "size": (height, width),
         }
+        if self.masks_by_file is not None:
+            target["masks"] = self._instance_masks(sample, height, width)
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
+
+    def _instance_masks(self, sample, height: int, width: int) -> torch.Tensor:
+        annotations = self.masks_by_file.get(Path(sample.image_path).name, [])
+        return _decode_masks(annotations, sample, height, width, self.dataset.mask_file)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a`` [N, 4] and ``b`` [M, 4] (xyxy) -> [N, M]."""
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def _decode_masks(annotations: list[dict], sample, height: int, width: int, source) -> torch.Tensor:
+    from pycocotools import mask as mask_utils
+
+    boxes = np.asarray(sample.boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes):
+        return torch.zeros(0, height, width, dtype=torch.uint8)
+    ann_boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)]).reshape(-1, 4)
+    iou = _box_iou(boxes, ann_boxes) if len(ann_boxes) else np.zeros((len(boxes), 0))
+    if not iou.shape[1] or (iou.max(1) < 0.5).any():
+        raise ValueError(f"{source}: no instance mask for an object of image {Path(sample.image_path).name}")
+    masks = []
+    for k in iou.argmax(1):
+        segmentation = annotations[k]["segmentation"]
+        rle = mask_utils.frPyObjects(segmentation, height, width) if isinstance(segmentation, list) else segmentation
+        rle = mask_utils.merge(rle) if isinstance(rle, list) else rle
+        masks.append(mask_utils.decode(rle))
+    return torch.from_numpy(np.stack(masks).astype(np.uint8))
 
 
 def collate_detection(

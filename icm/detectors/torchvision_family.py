@@ -66,6 +66,7 @@ SPECS: dict[str, TorchvisionSpec] = {
     "ssd300": TorchvisionSpec("ssd300_vgg16", fixed_size=True),
     "ssdlite": TorchvisionSpec("ssdlite320_mobilenet_v3_large", fixed_size=True),
     "toy_faster_rcnn": TorchvisionSpec("faster_rcnn", toy=True),
+    "toy_mask_rcnn": TorchvisionSpec("mask_rcnn", toy=True),  # the unseen task: instance segmentation
     "toy_retinanet": TorchvisionSpec("retinanet", toy=True),
     "toy_fcos": TorchvisionSpec("fcos", toy=True),
     "toy_ssdlite": TorchvisionSpec("ssdlite", toy=True, fixed_size=True),
@@ -106,8 +107,10 @@ def _shufflenet_fpn(extra_blocks: nn.Module) -> nn.Module:
                            extra_blocks=extra_blocks)
 
 
-def _toy_faster_rcnn(num_classes: int, **kwargs) -> nn.Module:
-    from torchvision.models.detection import FasterRCNN
+def _toy_faster_rcnn(num_classes: int, masks: bool = False, **kwargs) -> nn.Module:
+    """The toy Faster R-CNN; with ``masks`` the toy Mask R-CNN (the same detector plus a
+    small mask head: two 64-channel convs on 14 x 14 RoI features)."""
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
@@ -121,15 +124,28 @@ def _toy_faster_rcnn(num_classes: int, **kwargs) -> nn.Module:
         "box_batch_size_per_image": 128,
         **kwargs,
     }
-    return FasterRCNN(
-        _mobilenet_fpn(LastLevelMaxPool()),
-        num_classes=None,  # a custom box_predictor
-        rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(TOY_FPN_CHANNELS * 7 * 7, 256),
-        box_predictor=FastRCNNPredictor(256, num_classes),
+    parts = {
+        "num_classes": None,  # a custom box_predictor
+        "rpn_anchor_generator": anchors,
+        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
+        "box_head": TwoMLPHead(TOY_FPN_CHANNELS * 7 * 7, 256),
+        "box_predictor": FastRCNNPredictor(256, num_classes),
+    }
+    if not masks:
+        return FasterRCNN(_mobilenet_fpn(LastLevelMaxPool()), **parts, **options)
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    return MaskRCNN(
+        _mobilenet_fpn(LastLevelMaxPool()), **parts,
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(TOY_FPN_CHANNELS, [64, 64], 1),
+        mask_predictor=MaskRCNNPredictor(64, 64, num_classes),
         **options,
     )
+
+
+def _toy_mask_rcnn(num_classes: int, **kwargs) -> nn.Module:
+    return _toy_faster_rcnn(num_classes, masks=True, **kwargs)
 
 
 def _five_level_anchor_sizes(scales: tuple[float, ...]) -> tuple[tuple[int, ...], ...]:
@@ -190,6 +206,7 @@ def _set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
 
 TOY_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "faster_rcnn": _toy_faster_rcnn,
+    "mask_rcnn": _toy_mask_rcnn,
     "retinanet": _toy_retinanet,
     "fcos": _toy_fcos,
     "ssdlite": _toy_ssdlite,

@@ -103,11 +103,14 @@ def make_optimizer(detector: Detector, name: str, lr: float, weight_decay: float
 
 
 def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Mirror an image left-right and its boxes with it."""
+    """Mirror an image left-right and its boxes (and instance masks) with it."""
     width = image.shape[-1]
     boxes = target["boxes"].clone()
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-    return image.flip(-1), {**target, "boxes": boxes}
+    flipped = {**target, "boxes": boxes}
+    if "masks" in target:
+        flipped["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), flipped
 
 
 # The mild photometric augmentation of zoo detection recipes (torchvision's and ultralytics'
@@ -170,12 +173,21 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, flip
     return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)], flips
 
 
+def predicts_masks(detector: Detector) -> bool:
+    """Whether the detector has an instance-mask head (trained on the dataset's masks)."""
+    roi_heads = getattr(getattr(detector, "model", None), "roi_heads", None)
+    return bool(roi_heads is not None and roi_heads.has_mask())
+
+
 def training_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """Boxes and labels for the loss; COCO crowd boxes are left out."""
+    """Boxes, labels (and instance masks) for the loss; COCO crowd boxes are left out."""
     out = []
     for t in targets:
         keep = ~t["iscrowd"] if "iscrowd" in t else torch.ones(len(t["labels"]), dtype=torch.bool)
-        out.append({"boxes": t["boxes"][keep].to(device), "labels": t["labels"][keep].to(device)})
+        target = {"boxes": t["boxes"][keep].to(device), "labels": t["labels"][keep].to(device)}
+        if "masks" in t:
+            target["masks"] = t["masks"][keep].to(device)
+        out.append(target)
     return out
 
 
@@ -304,7 +316,7 @@ def train_detector(
                         "settings": asdict(settings)}
         save_detector_checkpoint(out_dir / name, detector, card, half=False, extra=resume_state)
 
-    images = DetectionImageDataset(train_set)
+    images = DetectionImageDataset(train_set, masks=predicts_masks(detector))
     log_path = out_dir / LOG_FILE
     bar = tqdm(total=settings.max_steps, initial=step, desc=f"train {detector.name}", disable=not progress, dynamic_ncols=True)
     losses, window, started = [], [], time.perf_counter()
