@@ -108,8 +108,9 @@ def _shufflenet_fpn(extra_blocks: nn.Module) -> nn.Module:
 
 
 def _toy_faster_rcnn(num_classes: int, masks: bool = False, **kwargs) -> nn.Module:
-    """The toy Faster R-CNN; with ``masks`` the toy Mask R-CNN (the same detector plus a
-    small mask head: two 64-channel convs on 14 x 14 RoI features)."""
+    """The toy Faster R-CNN (MobileNetV3-small FPN); with ``masks`` the toy Mask R-CNN: the
+    same heads on the ShuffleNetV2 FPN (a family no seen detector uses) plus a small mask
+    head (two 64-channel convs on 14 x 14 RoI features)."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -136,7 +137,7 @@ def _toy_faster_rcnn(num_classes: int, masks: bool = False, **kwargs) -> nn.Modu
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     return MaskRCNN(
-        _mobilenet_fpn(LastLevelMaxPool()), **parts,
+        _shufflenet_fpn(LastLevelMaxPool()), **parts,
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(TOY_FPN_CHANNELS, [64, 64], 1),
         mask_predictor=MaskRCNNPredictor(64, 64, num_classes),
