@@ -280,3 +280,12 @@ def test_zoo_codec_curve_is_named_and_kind_zoo(tmp_path, monkeypatch):
     assert curves[0].name == "bmshj2018-hyperprior-mse.json" and zoo["codec"]["kind"] == "zoo"
     assert zoo["qualities"] == [1, 2]
     assert default_anchor(load_curves(curves[::-1])) == "bmshj2018-hyperprior-mse"
+
+
+def test_task_models_stay_out_of_the_detection_means():
+    from icm.evaluation.engine import group_means
+
+    results = {"map-voc07:a": 0.2, "map-voc07:b": 0.4, "map-voc07:m": 0.9, "mask-map-coco:m": 0.6}
+    means = group_means(results, {"seen": ["a"], "unseen": ["b"], "task": ["m"]}, ["a", "b", "m"])
+    assert means["map-voc07:all-mean"] == pytest.approx(0.3) and means["map-voc07:unseen-mean"] == 0.4
+    assert means["mask-map-coco:task-mean"] == 0.6 and means["map-voc07:task-mean"] == 0.9

@@ -66,7 +66,7 @@ def test_labelled_toy_set_with_detector_groups_and_resume(tmp_path, capsys):
         values = res[f"{key}:eval_test_square_finder"]
         assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
         assert res[f"{key}:seen-mean"] == values
-    assert jpeg["detector_groups"] == {"seen": ["eval_test_square_finder"], "unseen": []}
+    assert jpeg["detector_groups"] == {"seen": ["eval_test_square_finder"], "unseen": [], "task": []}
     assert jpeg["num_images"] == 3 and jpeg["settings"]["weights"] == {"eval_test_square_finder": "square.pt"}
     stamp = (out / "points" / "jpeg-q10.json").stat().st_mtime_ns
     capsys.readouterr()

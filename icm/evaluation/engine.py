@@ -384,8 +384,10 @@ def voc_ground_truth(samples: Sequence) -> list[dict]:
 
 def group_means(det_results: dict[str, float | None], groups: dict[str, list[str]],
                 detectors: list[str]) -> dict[str, float | None]:
-    """``<metric>:<group>-mean`` over the detectors of each group (and ``all``)."""
-    groups = {**{g: [d for d in members if d in detectors] for g, members in groups.items()}, "all": detectors}
+    """``<metric>:<group>-mean`` over the detectors of each group, and ``all`` over every
+    detector but those of group ``task`` (models of another task, e.g. instance masks)."""
+    others = [d for d in detectors if d not in groups.get("task", [])]
+    groups = {**{g: [d for d in members if d in detectors] for g, members in groups.items()}, "all": others}
     metrics = sorted({key.split(":", 1)[0] for key in det_results})
     out: dict[str, float | None] = {}
     for group, members in groups.items():

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector names; None: the seen + unseen detectors")
     p.add_argument("--seen_detectors", nargs="*", default=[], help="detectors of the model set (group 'seen')")
     p.add_argument("--unseen_detectors", nargs="*", default=[], help="detectors outside it (group 'unseen')")
+    p.add_argument("--task_detectors", nargs="*", default=[],
+                   help="models of another task (group 'task', e.g. instance segmentation: their mask AP), "
+                   "kept out of the other groups' and the 'all' means")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="local weights for a detector (repeatable; PATH 'none' or 'random' = random init, for smoke "
                    "tests); others use their default weights")
@@ -119,8 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_args_with_config(parser, argv, "evaluation")
     args.seen_detectors = split_names(args.seen_detectors)
     args.unseen_detectors = split_names(args.unseen_detectors)
+    args.task_detectors = split_names(args.task_detectors)
     if args.detectors is None:
-        args.detectors = list(dict.fromkeys(args.seen_detectors + args.unseen_detectors))
+        args.detectors = list(dict.fromkeys(args.seen_detectors + args.unseen_detectors + args.task_detectors))
     args.detectors = split_names(args.detectors)
     args.weights = detector_weights(args.weights)
     return args
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(out_dir, vars(args), str(device))
-    groups = {"seen": args.seen_detectors, "unseen": args.unseen_detectors}
+    groups = {"seen": args.seen_detectors, "unseen": args.unseen_detectors, "task": args.task_detectors}
     settings = {
         "dataset": dataset.name, "split": args.split, "data_root": args.data_root,
         "num_images": len(dataset), "limit": args.limit, "detectors": args.detectors,
