@@ -54,7 +54,8 @@ beta0.5||0.5|0
 defaults_seed1||1|1
 sample_models2|--sample_models 2|1|0
 delta_scale4|--delta_scale 4|1|0
-codec_aware|--codec_aware assets/toy/codec_q3.pth.tar|1|0"
+codec_aware|--codec_aware assets/toy/codec_q3.pth.tar|1|0
+codec_aware_diversity|--codec_aware assets/toy/codec_q3.pth.tar --diversity 0.7|1|0"
 ALL_ROWS=$(echo "$ROWS_TABLE" | cut -d'|' -f1 | tr '\n' ' ')
 ROWS=${ABL_ROWS:-$ALL_ROWS}
 
