@@ -343,6 +343,22 @@ def build_detector_asset(name: str, args: argparse.Namespace, budget: Budget) ->
     return ship_detector(name, stages, plan, args)
 
 
+def mask_ap(detector, val_set) -> tuple[float, float]:
+    """(mask AP@0.5, mask AP@[.5:.95]) of ``detector`` on ``val_set`` against its masks file."""
+    from icm.evaluation.coco_eval import image_ids_of, mask_ground_truth_for
+    from icm.evaluation.engine import detection_metrics, prediction_to_numpy
+    from icm.io import read_image_tensor
+
+    predictions = []
+    for start in range(0, len(val_set), 16):
+        images = [read_image_tensor(s.image_path) for s in val_set.samples[start : start + 16]]
+        predictions += [prediction_to_numpy(p) for p in detector.predict(images)]
+    truth = mask_ground_truth_for(read_json(val_set.mask_file), val_set.samples,
+                                  image_ids_of(val_set, val_set.samples), str(val_set.mask_file))
+    results, _, _ = detection_metrics(val_set, {detector.name: predictions}, mask_ground_truth=truth)
+    return results[f"mask-ap50-coco:{detector.name}"], results[f"mask-map-coco:{detector.name}"]
+
+
 def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Namespace) -> str:
     """Re-measure the best checkpoint of all stages as it will be shipped (fp16) and write
     ``<name>.pt`` and its card ``<name>.json``."""
@@ -384,6 +400,13 @@ def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Name
         "dtype": "float16",
         "git_commit": checkpoint["card"].get("git_commit") or git_commit(),
     }
+    if DETECTORS[name]["role"] == "unseen task":  # instance masks: the task's own metric decides
+        mask_ap50, mask_map = mask_ap(detector, val_set)
+        card.update(val_mask_ap50=round(mask_ap50, 4), val_mask_map=round(mask_map, 4),
+                    val_mask_metric="COCO mask AP@0.5 and AP@[.5:.95] (faster-coco-eval / pycocotools)")
+        if mask_ap50 < args.min_map:
+            log(f"{name}: NOT shipped: val mask AP@0.5 {mask_ap50:.4f} < {args.min_map} after {card['steps']} steps")
+            return f"{name}: below target (mask AP@0.5 {mask_ap50:.4f})"
     if map50 < args.min_map:
         log(f"{name}: NOT shipped: val mAP@0.5 {map50:.4f} < {args.min_map} after {card['steps']} steps; "
             f"continue with --only {name} --max_extensions {args.max_extensions + 1}")

@@ -45,6 +45,8 @@ def test_detector_asset_loads_and_matches_its_card(asset: Path) -> None:
     detector = build_detector(name, weights=str(asset))  # what every CLI's --weights NAME=PATH does
     assert list(detector.classes) == TOY_CLASSES == card["classes"]
     assert card["val_map50"] >= 0.5, f"{name}: card reports mAP@0.5 {card['val_map50']}"
+    if card["role"] == "unseen task":  # the instance-segmentation model: its masks must be good too
+        assert card["val_mask_ap50"] >= 0.5, f"{name}: card reports mask AP@0.5 {card['val_mask_ap50']}"
     assert card["parameters"] == sum(p.numel() for p in detector.parameters())
     assert card["file_size_bytes"] == asset.stat().st_size
     assert card["steps"] > 0 and card["git_commit"]
@@ -123,4 +125,6 @@ def test_toy_config_uses_only_shipped_assets_and_the_planned_model_sets() -> Non
     assert config["meta_aafg"]["models"].split(",") == seen == ["toy_yolov3", "toy_faster_rcnn", "toy_centernet"]
     # Unseen: a YOLOv8-family model and at least two other families, none of them seen.
     assert "toy_yolov8" in unseen and len(unseen) >= 3 and not set(unseen) & set(seen)
-    assert set(config["evaluation"]["weights"]) == set(seen) | set(unseen)
+    task = config["evaluation"].get("task_detectors", [])
+    assert set(config["evaluation"]["weights"]) == set(seen) | set(unseen) | set(task)
+    assert not set(task) & (set(seen) | set(unseen))  # the unseen task's models: in no detection mean

@@ -218,7 +218,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prediction_to_numpy(pred: dict[str, torch.Tensor]) -> dict[str, Any]:
+def prediction_to_numpy(pred: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A detector's prediction as the metrics take it: numpy boxes, scores, labels, and
+    instance masks as COCO RLEs (``segmentation``)."""
     out = {k: pred[k].detach().cpu().numpy() for k in ("boxes", "scores", "labels")}
     if "masks" in pred:
         out["segmentation"] = masks_to_rle(pred["masks"]) if len(out["boxes"]) else []
@@ -272,7 +274,7 @@ def evaluate_codec(
             decoded.append(x_hat[0])
             bar.update(1)
         for name, detector in detectors.items():
-            predictions[name].extend(_prediction_to_numpy(p) for p in detector.predict(decoded))
+            predictions[name].extend(prediction_to_numpy(p) for p in detector.predict(decoded))
     bar.close()
 
     summary = meter.summary()
