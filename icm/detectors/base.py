@@ -43,23 +43,42 @@ class LabelMap:
 
             self.native_to_dataset = torch.as_tensor(class_map(self.native_classes, self.classes), dtype=torch.long)
             self.dataset_to_native = torch.as_tensor(class_map(self.classes, self.native_classes), dtype=torch.long)
+        self._on_device: dict[tuple[str, str], torch.Tensor] = {}
 
-    @staticmethod
-    def _translate(table: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def table_on(self, name: str, device: torch.device | str) -> torch.Tensor:
+        """The table ``native_to_dataset`` or ``dataset_to_native`` on ``device``, copied there
+        once (a host-to-device copy at every loss would stall a GPU's stream)."""
+        key = (name, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = getattr(self, name).to(device)
+        return self._on_device[key]
+
+    def _lookup(self, name: str, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` through table ``name``: -1 where there is no counterpart (or the label is
+        out of range); no host synchronisation."""
+        table = self.table_on(name, labels.device)
         labels = labels.long()
+        if not len(table):
+            return torch.full_like(labels, -1)
         valid = (labels >= 0) & (labels < len(table))
-        mapped = torch.full_like(labels, -1)
-        mapped[valid] = table.to(labels.device)[labels[valid]]
-        keep = mapped >= 0
-        return mapped[keep], keep
+        return torch.where(valid, table[labels.clamp(0, len(table) - 1)], -1)
 
     def to_dataset(self, native_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Native labels -> (dataset labels of the kept entries, keep mask)."""
-        return self._translate(self.native_to_dataset, native_labels)
+        mapped = self._lookup("native_to_dataset", native_labels)
+        keep = mapped >= 0
+        return mapped[keep], keep
 
     def to_native(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dataset labels -> (native labels of the kept entries, keep mask)."""
-        return self._translate(self.dataset_to_native, labels)
+        mapped = self._lookup("dataset_to_native", labels)
+        keep = mapped >= 0
+        return mapped[keep], keep
+
+    def native_or_missing(self, labels: torch.Tensor) -> torch.Tensor:
+        """Dataset labels -> native labels, -1 where a class has no native counterpart; the
+        same length, so a loss can weight the missing ones out without boolean indexing."""
+        return self._lookup("dataset_to_native", labels)
 
 
 def resolve_classes(

@@ -424,15 +424,6 @@ class CenterNet(Detector):
             raise ValueError(f"{path}: does not match the CenterNet {self.arch} layout (keys: {problems[:4]})")
         return self
 
-    def _label_table(self, device: torch.device) -> torch.Tensor:
-        """Dataset -> native labels on ``device``, copied there once (not at every loss)."""
-        cached = getattr(self, "_label_tables", {})
-        key = (str(device), id(self.label_map))
-        if key not in cached:
-            cached = {key: self.label_map.dataset_to_native.to(device)}
-            self._label_tables = cached
-        return cached[key]
-
     def canvas(self, height: int, width: int) -> tuple:
         """The fixed input square, or the size padded to a multiple of 32: equal ones are
         prepared alike."""
@@ -463,7 +454,7 @@ class CenterNet(Detector):
         return (batch.flip(1) - self.mean_bgr) / self.std_bgr, metas
 
     def predict_raw(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        native_to_dataset = self.label_map.native_to_dataset.to(self.mean_bgr.device)
+        native_to_dataset = self.label_map.table_on("native_to_dataset", self.mean_bgr.device)
         has_dataset_class = (native_to_dataset >= 0).float().view(1, -1, 1, 1)
         results: list[dict[str, torch.Tensor]] = [{} for _ in images]
         # Images on one canvas share a forward pass (all of them at a fixed input size; else
@@ -492,11 +483,9 @@ class CenterNet(Detector):
         outputs = self.model(batch)
         _, num_classes, out_height, out_width = outputs["hm"].shape
         device = outputs["hm"].device
-        table = self._label_table(device)
         encoded = []
         for t, (scale, left, top) in zip(targets, metas):  # on the device: labels without a native class weigh 0
-            labels = torch.as_tensor(t["labels"], device=device).long()
-            native = torch.where((labels >= 0) & (labels < len(table)), table[labels.clamp(0, len(table) - 1)], -1)
+            native = self.label_map.native_or_missing(torch.as_tensor(t["labels"], device=device))
             boxes = torch.as_tensor(t["boxes"], device=device, dtype=torch.float32).reshape(-1, 4) * scale
             if left or top:  # Python scalars: no host-to-device copy
                 boxes = torch.stack([boxes[:, 0] + left, boxes[:, 1] + top, boxes[:, 2] + left, boxes[:, 3] + top], 1)

@@ -212,12 +212,6 @@ def load_darknet_weights(net: DarknetNet, path: str | os.PathLike) -> dict:
     return {"major": major, "minor": minor, "revision": revision, "seen": seen}
 
 
-def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import box_iou
-
-    return box_iou(a, b)
-
-
 class DarknetYOLO(Detector):
     """A Darknet YOLOv3 network with letterboxing, decoding, NMS and YOLOv3's loss in torch."""
 
@@ -270,7 +264,7 @@ class DarknetYOLO(Detector):
 
         x, metas = self.letterbox(images)
         boxes, scores = self._decode(self.model(x))
-        table = self.label_map.native_to_dataset.to(boxes.device)
+        table = self.label_map.table_on("native_to_dataset", boxes.device)
         results = []
         for img, (scale, left, top), b, s in zip(images, metas, boxes, scores):
             keep_mappable = (table >= 0).to(s.dtype)
@@ -286,18 +280,18 @@ class DarknetYOLO(Detector):
         return results
 
     def loss_raw(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        from torchvision.ops import box_iou
+
         x, metas = self.letterbox(images)
         outputs = self.model(x)
         device = x.device
         anchors = torch.tensor(self.model.all_anchors, device=device)
-        table = self.label_map.dataset_to_native.to(device)
         pred_boxes, _ = self._decode([(raw.detach(), layer, stride) for raw, layer, stride in outputs])
         total = x.new_zeros(())
         net_area = float(self.model.width * self.model.height)
         for i, ((scale, left, top), target) in enumerate(zip(metas, targets)):
-            labels = torch.as_tensor(target["labels"], device=device).long()
             boxes = torch.as_tensor(target["boxes"], device=device, dtype=torch.float32).reshape(-1, 4)
-            native = torch.where((labels >= 0) & (labels < len(table)), table[labels.clamp(0, len(table) - 1)], -1)
+            native = self.label_map.native_or_missing(torch.as_tensor(target["labels"], device=device))
             gt = boxes * scale + torch.tensor([left, top, left, top], device=device)
             valid = (native >= 0) & (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
             gt, native = gt[valid], native[valid]
@@ -307,7 +301,7 @@ class DarknetYOLO(Detector):
             shape_iou = inter / (gw[:, None] * gh[:, None] + anchors[None, :, 0] * anchors[None, :, 1] - inter)
             best = shape_iou.argmax(1) if len(gt) else torch.zeros(0, dtype=torch.long, device=device)
             # no objectness penalty where a prediction already overlaps a ground truth enough
-            overlap = _box_iou(pred_boxes[i], gt).amax(1) if len(gt) else pred_boxes.new_zeros(len(pred_boxes[i]))
+            overlap = box_iou(pred_boxes[i], gt).amax(1) if len(gt) else pred_boxes.new_zeros(len(pred_boxes[i]))
             start = 0
             for raw, layer, stride in outputs:
                 _, a, h, w, _ = raw.shape
