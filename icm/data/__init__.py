@@ -103,7 +103,7 @@ def load_dataset(
     first use. Missing data is a one-line error saying what is missing and how to point at it.
     """
     if shard is None:
-        dataset = _load_dataset(name_or_config, split, root, overrides)
+        dataset = _load_dataset(name_or_config, split, root, overrides, None)
         return dataset if limit is None else dataclasses.replace(dataset, samples=dataset.samples[:limit])
     index, count = shard
     if not 0 <= index < count:
@@ -112,18 +112,18 @@ def load_dataset(
     def select(position: int) -> bool:
         return (limit is None or position < limit) and position % count == index
 
-    dataset = _load_dataset(name_or_config, split, root, {**overrides, "select": select})
-    return dataset
+    return _load_dataset(name_or_config, split, root, overrides, select)
 
 
 def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.PathLike | None,
-                  overrides: dict[str, Any]) -> DetectionDataset:
+                  overrides: dict[str, Any], select: Callable[[int], bool] | None) -> DetectionDataset:
+    """The dataset with only the positions ``select`` keeps (all with None): the reader
+    selects when it takes ``select`` (and parses nothing else), else its output is filtered."""
     path = Path(name_or_config)
     if (CONFIG_DIR / "datasets" / f"{str(name_or_config).lower()}.yaml").is_file():
         name_or_config = str(name_or_config).lower()
     is_config_name = (CONFIG_DIR / "datasets" / f"{name_or_config}.yaml").is_file()
     if path.is_dir() and not is_config_name:  # a config name wins over a folder of that name
-        select = overrides.pop("select", None)
         return _selected(read_image_folder(path, **overrides), select)
     config_path = resolve_config_path(name_or_config, "datasets")
     config = load_yaml(config_path)
@@ -140,7 +140,7 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
         if layout is not None and layout != config_path.stem and config_path.parent == CONFIG_DIR / "datasets":
             warnings.warn(f"{root} has the layout of a {layout} set: read as --dataset {layout}, not "
                           f"{config_path.stem}", stacklevel=3)
-            return _load_dataset(layout, split, root, overrides)
+            return _load_dataset(layout, split, root, overrides, select)
 
     splits = config.get("splits") or {}
     if splits and split not in splits:
@@ -150,12 +150,11 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
         if isinstance(options.get(key), str):
             options[key] = root / options[key]
     accepted = inspect.signature(READERS[fmt]).parameters
-    select = options.pop("select", None)
-    if select is not None and "select" in accepted:
-        options["select"] = select
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise ConfigError(f"{config_path}: options {unknown} are not accepted by the {fmt} reader")
+    if select is not None and "select" in accepted:
+        options["select"], select = select, None  # the reader selects: nothing left to filter
 
     if fmt == "toy":
         if not is_toy_dataset(root):
@@ -169,8 +168,8 @@ def _load_dataset(name_or_config: str | os.PathLike, split: str, root: str | os.
                 "Or pass the data's folder with --data_root, or set ICM_DATA_ROOT to the folder holding it."
             )
     if fmt in ("voc", "folder"):
-        return _selected(READERS[fmt](root, **options), select if "select" not in options else None)
-    return READERS[fmt](**options)  # coco, oid: their files are options under root
+        return _selected(READERS[fmt](root, **options), select)
+    return _selected(READERS[fmt](**options), select)  # coco, oid: their files are options under root
 
 
 def _selected(dataset: DetectionDataset, select: Callable[[int], bool] | None) -> DetectionDataset:
@@ -262,22 +261,16 @@ class DetectionImageDataset(Dataset):
         return _decode_masks(annotations, sample, height, width, self.dataset.mask_file)
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes ``a`` [N, 4] and ``b`` [M, 4] (xyxy) -> [N, M]."""
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def _decode_masks(annotations: list[dict], sample, height: int, width: int, source) -> torch.Tensor:
     from pycocotools import mask as mask_utils
 
     boxes = np.asarray(sample.boxes, dtype=np.float64).reshape(-1, 4)
     if not len(boxes):
         return torch.zeros(0, height, width, dtype=torch.uint8)
-    ann_boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)]).reshape(-1, 4)
-    iou = _box_iou(boxes, ann_boxes) if len(ann_boxes) else np.zeros((len(boxes), 0))
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+    ann_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+    iou = (np.asarray(mask_utils.iou(xywh, ann_boxes, [0] * len(ann_boxes))).reshape(len(boxes), -1)
+           if len(ann_boxes) else np.zeros((len(boxes), 0)))
     if not iou.shape[1] or (iou.max(1) < 0.5).any():
         raise ValueError(f"{source}: no instance mask for an object of image {Path(sample.image_path).name}")
     masks = []
