@@ -338,7 +338,8 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
         row = [axis, key]
         for reference in references:
             anchor = by_name[reference]
-            boot = bootstrap_curves(curves, anchor, resamples, seed, method) if resamples else None
+            # only the two compared curves are resampled, not every codec of the folder
+            boot = bootstrap_curves([by_name[test]], anchor, resamples, seed, method) if resamples else None
             estimates = _bd_pair(anchor, by_name[test], key, method)
             intervals = boot.intervals(anchor, by_name[test], key, estimates) if boot else (None, None)
             for estimate, ci, unit in zip(estimates, intervals, (1.0, scale)):  # BD-quality in points or dB
