@@ -84,9 +84,14 @@ def host_syncs(fn) -> int | None:
 
 
 def forward_backward(detector, images, targets) -> None:
-    """One loss forward + one autograd.grad w.r.t. the images: what one gradient costs."""
-    x = images.clone().requires_grad_(True)
-    torch.autograd.grad(detector.loss(x, targets), x)
+    """One loss forward + one autograd.grad w.r.t. the images (a batch tensor, or a list of
+    any sizes): what one gradient costs."""
+    if isinstance(images, torch.Tensor):
+        x = images.clone().requires_grad_(True)
+        torch.autograd.grad(detector.loss(x, targets), x)
+    else:
+        xs = [img.clone().requires_grad_(True) for img in images]
+        torch.autograd.grad(detector.loss(xs, targets), xs)
 
 
 def time_gradients_in_loop(clock: dict) -> None:
@@ -167,7 +172,7 @@ def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tup
         for rows in order:
             for d in detectors.values():
                 with meta_aafg._forward_context(images[rows[0]], config):
-                    limit_time += timed(lambda d=d, rows=rows: forward_backward_list(
+                    limit_time += timed(lambda d=d, rows=rows: forward_backward(
                         d, [images[i] for i in rows], [targets[i] for i in rows]))[clock]
         passes = counter["gradient_evaluations"]
         row = {"images_per_second_wall": num_images / wall, "images_per_second_cpu": num_images / cpu,
@@ -183,12 +188,6 @@ def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tup
         row["largest_difference_from_batch_1_levels"] = max(float(v.max()) for v in levels)
         results[str(batch)] = row
     return results
-
-
-def forward_backward_list(detector, images: list, targets: list) -> None:
-    """One loss forward + backward w.r.t. a list of images (of any sizes)."""
-    xs = [img.clone().requires_grad_(True) for img in images]
-    torch.autograd.grad(detector.loss(xs, targets), xs)
 
 
 def main(argv: list[str] | None = None) -> dict:
