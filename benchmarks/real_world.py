@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     clean = [read_image_tensor(pair.original) for pair in pairs]
     augmented = [read_image_tensor(pair.augmented) for pair in pairs]
     truth = []
-    for pred in detector.predict(clean):
+    predictions = {"x": detector.predict(clean), "x_aug": detector.predict(augmented)}
+    for pred in predictions["x"]:
         keep = pred["scores"] >= args.pseudo_score
         truth.append({"boxes": pred["boxes"][keep].numpy(), "labels": pred["labels"][keep].numpy(),
                       "difficult": np.zeros(int(keep.sum()), bool)})
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     num_classes = detector.num_classes
 
     # 1. the detector's score on its pseudo boxes, x and x_aug
-    per_image = {name: [score_on_boxes(pr, t) for pr, t in zip(detector.predict(images), truth)]
-                 for name, images in (("x", clean), ("x_aug", augmented))}
+    per_image = {name: [score_on_boxes(pr, t) for pr, t in zip(preds, truth)] for name, preds in predictions.items()}
     counts = np.array([len(s) for s in per_image["x"]], dtype=np.float64)
     sums = {name: np.array([s.sum() for s in values]) for name, values in per_image.items()}
     mean = {name: float(v.sum() / counts.sum()) for name, v in sums.items()}
