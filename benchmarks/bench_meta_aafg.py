@@ -191,16 +191,19 @@ def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tup
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=None, help="comma list (default: the small toy-sized models available)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--meta_steps", type=int, default=10)
-    p.add_argument("--inner_steps", type=int, default=5)
-    p.add_argument("--meta", choices=["on", "off"], default="on")
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The docstring as written, and every flag with its default."""
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p.add_argument("--models", default=None, help="comma list; None: the small toy-sized models available")
+    p.add_argument("--batch", type=int, default=4, help="images per augment_batch call")
+    p.add_argument("--size", type=int, default=128, help="square image side, pixels")
+    p.add_argument("--meta_steps", type=int, default=10, help="T")
+    p.add_argument("--inner_steps", type=int, default=5, help="K")
+    p.add_argument("--meta", choices=["on", "off"], default="on", help="off: ensemble PGD, same budget")
     p.add_argument("--batches", type=int, default=2, help="rounds: timed batches of augment_batch")
     p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per model per round")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is comparable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (scripts/gpu_check.sh)")
     p.add_argument("--autocast", choices=["bf16", "off"], default="bf16", help="detector forwards on CUDA")
     p.add_argument("--channels_last", choices=["on", "off"], default="off", help="detector weights in channels_last")
