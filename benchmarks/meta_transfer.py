@@ -19,6 +19,13 @@ mAP@0.5) on
 - ``noise``:  x plus random signs of exactly ``--noise_level`` levels on every pixel (the
   detectors' robustness to faint noise, whatever stage one does).
 
+With ``--carried_by CODEC`` every variant is scored as the codec's decode of x (a real
+bitstream) plus the variant's perturbation: the images a stage-two codec would give if it
+carried the whole perturbation on top of the anchor's reconstruction. This is the ceiling
+of what stage two can pass on at that codec's quality: a fine-tuned codec reproduces a
+share of the perturbation (``benchmarks/delta_share.py``), so the decoded gain it can show
+is at most about that share of this one.
+
 Each difference to clean, and maa against each control, comes with a 95% paired bootstrap
 interval over images (the same resampled images for both sides; group means are means over
 the group's detectors within each resample). A perturbation transfers to the unseen
@@ -102,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cosine_smooth", type=positive_int, default=9,
                    help="Gaussian kernel (odd) for the smoothed cosines, sigma (K-1)/6" + d)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ..." + d)
+    p.add_argument("--carried_by", default=None, metavar="CODEC",
+                   help="a codec checkpoint: score each variant as this codec's decode of x plus the variant's "
+                   "perturbation (a codec that carries all of it: the decoded ceiling); None: clean images" + d)
     p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here" + d)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
@@ -166,6 +176,21 @@ def smooth_control(clean: torch.Tensor, level: torch.Tensor, epsilon_levels: int
     return ((clean * 255).round() + delta).clamp(0, 255) / 255
 
 
+def carried(decoded: torch.Tensor, variant: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``decoded + (variant - clean)`` on the 8-bit grid, clipped to [0, 1]: the decode of a
+    codec that adds the variant's whole perturbation to its reconstruction of x."""
+    levels = (decoded * 255).round() + ((variant - clean) * 255).round()
+    return levels.clamp(0, 255) / 255
+
+
+def decode_8bit(model, images: torch.Tensor) -> torch.Tensor:
+    """Each image through ``model``'s real bitstream, decoded to 8-bit values in [0, 1]."""
+    from icm.codec import compress_image, decompress_image
+
+    return torch.cat([(decompress_image(model, compress_image(model, x[None])) * 255).round() / 255
+                      for x in images])
+
+
 # ----------------------------------------------------------------------------- gradients
 
 
@@ -204,6 +229,13 @@ def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     seen, unseen, weights = model_sets(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
+    carrier = None
+    if args.carried_by is not None:
+        from icm.codec import load_codec
+
+        if not Path(args.carried_by).is_file():
+            raise ValueError(f"--carried_by {args.carried_by}: no such codec checkpoint")
+        carrier, _ = load_codec(args.carried_by, device=device)
     full = load_dataset(args.dataset, split=args.split, root=args.data_root)
     dataset = dataclasses.replace(full, samples=full.samples[args.start : args.start + args.limit])
     if not dataset.samples:
@@ -229,6 +261,10 @@ def run(args: argparse.Namespace) -> dict:
                     "smooth": smooth_control(clean.cpu(), level, epsilon_levels, generator).to(device),
                     "noise": random_sign_control(clean.cpu(), torch.full_like(level, float(args.noise_level)),
                                                  generator).to(device)}
+        if carrier is not None:
+            decoded = decode_8bit(carrier, clean)
+            variants = {v: carried(decoded, images, clean) for v, images in variants.items()}
+            clean = decoded  # the perturbations' sizes are measured against the decode
         for variant, images in variants.items():
             if variant != "clean":
                 levels[variant] += mean_abs_levels(images, clean).tolist()
@@ -269,6 +305,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "dataset": dataset.name, "split": args.split, "images": len(samples), "image_ids": sorted(s.id for s in samples), "seen": seen, "unseen": unseen,
         "stage_one": {**vars(config), "codec_aware": args.codec_aware, "seed": args.seed},
+        "carried_by": args.carried_by,
         "metric": "VOC07 11-point mAP@0.5", "bootstrap": args.bootstrap, "noise_level": args.noise_level, "confidence": 0.95,
         "mean_abs_delta_levels": {v: float(np.mean(values)) for v, values in levels.items()},
         "detectors": rows, "gradient_cosines": cosines, "gradient_cosine_means": cosine_summary,
@@ -285,7 +322,9 @@ def interval_cell(d: dict | None) -> str:
 def format_table(result: dict) -> str:
     """The result as a Markdown table (mAP in points, differences with their 95% interval)."""
     delta = result["mean_abs_delta_levels"]
-    lines = [f"{result['images']} {result['dataset']}/{result['split']} images, {result['metric']} in points, "
+    where = (f"decoded by {result['carried_by']}, each perturbation added to the decode (the ceiling of a codec "
+             "that carries it all)" if result.get("carried_by") else "clean images")
+    lines = [f"{result['images']} {result['dataset']}/{result['split']} images ({where}), {result['metric']} in points, "
              f"95% paired bootstrap intervals ({result['bootstrap']} resamples). Mean |delta| in levels: "
              + ", ".join(f"{v} {x:.2f}" for v, x in delta.items()), "",
              "| detector | seen | clean | " + " | ".join(f"{a} - {b}" for a, b in COMPARISONS) + " |",

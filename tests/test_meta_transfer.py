@@ -157,3 +157,43 @@ def test_start_picks_other_images_for_a_replicate(tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         meta_transfer.main([*common, "--start", "6"])
     assert "--start 6: the split 'val' has 6 images" in capsys.readouterr().err
+
+
+def test_carried_adds_the_whole_perturbation_to_the_decode():
+    clean = torch.tensor([10.0, 100.0, 250.0, 3.0]).view(1, 1, 2, 2) / 255
+    variant = torch.tensor([18.0, 92.0, 255.0, 3.0]).view(1, 1, 2, 2) / 255
+    decoded = torch.tensor([12.4, 101.0, 251.0, 0.0]).view(1, 1, 2, 2) / 255
+    out = meta_transfer.carried(decoded, variant, clean) * 255
+    # +8, -8, +5 (clipped at 255), 0 on the decode's 8-bit values
+    assert out.flatten().tolist() == pytest.approx([20.0, 93.0, 255.0, 0.0])
+    assert torch.equal(meta_transfer.carried(decoded, clean, clean) * 255, (decoded * 255).round())
+
+
+def test_carried_by_scores_the_decoded_images(tmp_path, monkeypatch, capsys, codec_assets):
+    _, model, ckpt, _ = codec_assets
+    root = make_toy_dataset(tmp_path / "toy", train=2, val=6, size=48, seed=5)
+    classes = load_dataset("toy", split="val", root=root).classes
+    build = lambda name, classes=None, weights=None, device="cpu", **kw: BrightBox(name, classes, 3).freeze()  # noqa: E731
+    monkeypatch.setattr("icm.detectors.registry.build_detector", build)
+    common = ["--config", "", "--data_root", str(root), "--seen", "s1", "--unseen", "u1", "--limit", "6",
+              "--batch_size", "3", "--meta_steps", "1", "--inner_steps", "1", "--epsilon", "16/255",
+              "--bootstrap", "20", "--cosine_images", "0", "--no_progress"]
+    result = meta_transfer.main([*common, "--carried_by", str(ckpt)])
+    assert result["carried_by"] == str(ckpt)
+    assert "decoded by" in capsys.readouterr().out
+    # 'clean' is now the codec's decode of x: its mAP is the detector's on the decoded images.
+    dataset = load_dataset("toy", split="val", root=root, limit=6)
+    samples = [s for b in meta_transfer.equal_size_batches(dataset.samples, 3) for s in b]
+    images = torch.stack([meta_transfer.read_image_tensor(s.image_path) for s in samples])
+    decoded = meta_transfer.decode_8bit(model, images)
+    assert (decoded - images).abs().mean() > 0.01  # the (random, tiny) codec's decode, not the image
+    gt = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult} for s in samples]
+    preds = build("u1", classes).predict(list(decoded))
+    assert result["detectors"]["u1"]["map_clean"] == pytest.approx(voc_map(gt, preds, len(classes), use_07_metric=True).map)
+    # sizes are measured on the decode, where [0, 255] clips them (this random codec decodes
+    # near the ends of the range, so they shrink)
+    levels = result["mean_abs_delta_levels"]
+    assert 0 < levels["noise"] <= 8.0
+    with pytest.raises(SystemExit):
+        meta_transfer.main([*common, "--carried_by", str(tmp_path / "missing.pth.tar")])
+    assert "--carried_by" in capsys.readouterr().err
