@@ -72,6 +72,11 @@ def test_targets_pass_and_fail_where_the_curves_say():
     report = toy_codec.codec_targets(narrow, None)
     assert not report["vs_webp"]["pass"] and not report["psnr_span"]["pass"]
     assert "top_quality" not in report  # no detector results
+    # The span beside WebP's on the rates both cover: anchor 0.2-0.4 bpp, WebP from 0.2.
+    same = report["psnr_span"]["same_bpp"]
+    assert same["covered"] == [0.2, 0.4] and same["anchor_db"] == pytest.approx(3.0)
+    assert same["other_db"] == pytest.approx(3.0 * math.log(0.4 / 0.2))
+    assert "WebP 2.08 dB" in toy_codec.format_report(narrow, report)
 
 
 def test_convergence_is_judged_on_bd_psnr_and_the_mean_map_bd_rate():
