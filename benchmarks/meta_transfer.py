@@ -333,6 +333,8 @@ def format_table(result: dict) -> str:
         lines.append(f"| {name} | {'yes' if row['seen'] else 'no'} | {100 * row['map_clean']:.1f} | "
                      + " | ".join(interval_cell(row[f"{a}-{b}"]) for a, b in COMPARISONS) + " |")
     means = result["gradient_cosine_means"]
+    if not result["cosine_images"]:
+        return "\n".join(lines)
     lines += ["", f"Input-gradient cosine (mean over {result['cosine_images']} images), raw / smoothed "
               f"({result['cosine_smooth']}x{result['cosine_smooth']} Gaussian): "
               + "; ".join(f"{k} {means['raw'][k]:.3f} / {means['smoothed'][k]:.3f}"
