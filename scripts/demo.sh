@@ -24,7 +24,8 @@
 #                 (maa_seed1, control_seed1) against seed 0's is the noise floor   ("0")
 #   DEMO_STAGE_ONE_FLAGS  extra stage-one flags, e.g. "--smooth 15"         ("")
 #   DEMO_BETA     MAA's beta                                                (1)
-#   DEMO_PILLOW   Pillow codecs also evaluated and used as BD anchors, e.g. "webp jpeg" ("")
+#   DEMO_PILLOW   Pillow codecs also evaluated and used as BD anchors, e.g. "webp jpeg" or
+#                 "webp=10,30,50" (qualities; default evaluate.py's --pillow_qualities) ("")
 # benchmarks/toy_benchmark.sh runs this at a larger scale. Every step resumes: a rerun skips
 # finished stage-one images, finished trainings and finished evaluation points.
 set -euo pipefail
@@ -143,8 +144,7 @@ $PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor anchor --out "$OUT/tab
 # against seed 0's MAA (maa_seed1's row: MAA's noise floor) and against each Pillow codec.
 anchors=(control)
 [ "$(echo $SEEDS | wc -w)" -gt 1 ] && anchors+=(maa)
-# shellcheck disable=SC2206
-anchors+=($PILLOW)
+for pillow in $PILLOW; do anchors+=("${pillow%%=*}"); done  # webp=10,30 is labelled webp
 for against in "${anchors[@]}"; do
     $PY Evaluation/make_tables.py "$OUT"/eval/*.json --anchor "$against" --out "$OUT/tables_vs_$against" --no_plots \
         >> "$OUT/logs/make_tables.log"
