@@ -426,6 +426,8 @@ def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Name
         "dtype": "float16",
         "git_commit": checkpoint["card"].get("git_commit") or git_commit(),
     }
+    if best_stage > 0:  # an extension starts from weights: the pretrained body is the first stage's
+        card["init_backbone"] = read_detector_checkpoint(stages[0] / "best.pt")["card"].get("init_backbone")
     if DETECTORS[name]["role"] == "unseen task":  # instance masks: the task's own metric decides
         mask_ap50, mask_map = mask_ap(detector, val_set)
         card.update(val_mask_ap50=round(mask_ap50, 4), val_mask_map=round(mask_map, 4),
