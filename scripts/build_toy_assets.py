@@ -352,11 +352,17 @@ def score_name(name: str) -> str:
 
 def stage_score(name: str, stage_dir: Path, args: argparse.Namespace) -> float:
     """The shipping measure of a finished stage's best checkpoint: its best validation box
-    mAP@0.5 from training, or for the unseen-task model its mask AP@0.5 on the toy val split
-    (measured once, kept in ``mask_ap.json``): a Mask R-CNN whose boxes pass can still have
-    masks below the target, and extending on box mAP alone would then stop too early."""
+    mAP@0.5 from training, or for the unseen-task model its mask AP@0.5 on the toy val split:
+    a Mask R-CNN whose boxes pass can still have masks below the target, and extending on
+    box mAP alone would then stop too early."""
     if DETECTORS[name]["role"] != "unseen task":
         return read_json(stage_dir / "summary.json")["best_map50"] or 0.0
+    return stage_mask_ap(name, stage_dir, args)["mask_ap50"]
+
+
+def stage_mask_ap(name: str, stage_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """``{"mask_ap50", "mask_map"}`` of a stage's best checkpoint on the toy val split,
+    measured once and kept in the stage's ``mask_ap.json``."""
     cache = stage_dir / "mask_ap.json"
     if not cache.is_file():
         from icm.data import load_dataset
@@ -366,7 +372,7 @@ def stage_score(name: str, stage_dir: Path, args: argparse.Namespace) -> float:
         ap50, ap = mask_ap(detector, load_dataset("toy", split="val", root=args.data_root))
         atomic_write_json(cache, {"mask_ap50": ap50, "mask_map": ap})
         log(f"{name}: {stage_dir.name}: val mask AP@0.5 {ap50:.4f}, mask AP {ap:.4f}")
-    return read_json(cache)["mask_ap50"]
+    return read_json(cache)
 
 
 def mask_ap(detector, val_set) -> tuple[float, float]:
@@ -429,7 +435,8 @@ def ship_detector(name: str, stages: list[Path], plan: dict, args: argparse.Name
     if best_stage > 0:  # an extension starts from weights: the pretrained body is the first stage's
         card["init_backbone"] = read_detector_checkpoint(stages[0] / "best.pt")["card"].get("init_backbone")
     if DETECTORS[name]["role"] == "unseen task":  # instance masks: the task's own metric decides
-        mask_ap50, mask_map = mask_ap(detector, val_set)
+        masks = stage_mask_ap(name, run_dir, args)  # the same best.pt the stage was scored on
+        mask_ap50, mask_map = masks["mask_ap50"], masks["mask_map"]
         card.update(val_mask_ap50=round(mask_ap50, 4), val_mask_map=round(mask_map, 4),
                     val_mask_metric="COCO mask AP@0.5 and AP@[.5:.95] (faster-coco-eval / pycocotools)")
         if mask_ap50 < args.min_map:
