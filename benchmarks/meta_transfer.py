@@ -75,6 +75,7 @@ from icm.cli import (
 from icm.config import TOY_CONFIG, environment_info, load_yaml, to_plain
 from icm.data import load_dataset
 from icm.evaluation.engine import voc_ground_truth
+from icm.evaluation.metrics import to_8bit
 from icm.io import atomic_write_json, read_image_tensor
 
 VARIANTS = ("clean", "maa", "random", "smooth", "noise")
@@ -179,16 +180,14 @@ def smooth_control(clean: torch.Tensor, level: torch.Tensor, epsilon_levels: int
 def carried(decoded: torch.Tensor, variant: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """``decoded + (variant - clean)`` on the 8-bit grid, clipped to [0, 1]: the decode of a
     codec that adds the variant's whole perturbation to its reconstruction of x."""
-    levels = (decoded * 255).round() + ((variant - clean) * 255).round()
-    return levels.clamp(0, 255) / 255
+    return (to_8bit(decoded) + to_8bit(variant) - to_8bit(clean)).clamp(0, 255) / 255
 
 
 def decode_8bit(model, images: torch.Tensor) -> torch.Tensor:
     """Each image through ``model``'s real bitstream, decoded to 8-bit values in [0, 1]."""
     from icm.codec import compress_image, decompress_image
 
-    return torch.cat([(decompress_image(model, compress_image(model, x[None])) * 255).round() / 255
-                      for x in images])
+    return torch.cat([to_8bit(decompress_image(model, compress_image(model, x[None]))) / 255 for x in images])
 
 
 # ----------------------------------------------------------------------------- gradients
