@@ -46,6 +46,7 @@ from icm.io import atomic_path
 from icm.voc_eval import as_arrays, voc_matches
 
 PROTOCOLS = ("voc07", "voc12", "coco", "coco50", "coco75")
+MASK_RECORDS = "mask:"  # PointSamples.matches key prefix of a detector's instance-mask records
 COCO_IOUS = np.linspace(0.5, 0.95, 10)  # pycocotools' iouThrs
 COCO_RECALLS = np.linspace(0.0, 1.0, 101)  # pycocotools' recThrs
 VOC07_RECALLS = np.linspace(0.0, 1.0, 11)
@@ -159,18 +160,13 @@ def image_matches(ground_truth: Sequence[dict], detections: Sequence[dict], num_
 def _coco_flags(ground_truth: Sequence[dict], image: np.ndarray, label: np.ndarray, score: np.ndarray,
                 boxes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """COCO match/ignore bitmasks per detection and non-ignored ground truth per image and
-    class, read from pycocotools' ``evalImgs`` (area "all", maxDets 100)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+    class, read from pycocotools' box ``evalImgs`` (area "all", maxDets 100)."""
     gts = [as_arrays(g, ("boxes", "labels", "difficult")) for g in ground_truth]
     n = len(gts)
 
     def xywh(b: np.ndarray) -> list[float]:
         return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
 
-    images = [{"id": i + 1} for i in range(n)]
-    categories = [{"id": c + 1} for c in range(num_classes)]
     annotations = []
     for i, g in enumerate(gts):
         for box, lab, crowd in zip(g["boxes"], g["labels"], g["difficult"]):
@@ -183,26 +179,44 @@ def _coco_flags(ground_truth: Sequence[dict], image: np.ndarray, label: np.ndarr
         bbox = xywh(boxes[d])
         results.append({"id": d + 1, "image_id": int(image[d]) + 1, "category_id": int(label[d]) + 1,
                         "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, "score": float(score[d])})
+    dataset = {"images": [{"id": i + 1} for i in range(n)], "categories": [{"id": c + 1} for c in range(num_classes)]}
+    return _evaluated_flags({**dataset, "annotations": annotations}, {**dataset, "annotations": results}, "bbox",
+                            len(label), list(range(1, n + 1)), list(range(1, num_classes + 1)))
 
-    def index(anns: list[dict]) -> COCO:
-        data = COCO()
-        data.dataset = {"images": images, "categories": categories, "annotations": anns}
-        data.createIndex()
-        return data
 
-    coco_tp = np.zeros(len(label), dtype=np.uint16)
-    coco_ignore = np.full(len(label), _ALL_IOUS, dtype=np.uint16)  # beyond maxDets unless seen
-    coco_gt = np.zeros((n, num_classes), dtype=np.int32)
+def _evaluated_flags(ground_truth: dict, results: dict, iou_type: str, num_detections: int,
+                     image_ids: Sequence[int], category_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run pycocotools' per-image matching (area "all", maxDets 100) of ``results`` (COCO
+    dicts, detection ids 1..D in record order) against ``ground_truth`` and read its
+    ``evalImgs`` into the COCO fields of :class:`MatchRecords`: per detection the match and
+    ignore bitmasks over :data:`COCO_IOUS`, per image and class the non-ignored ground truth
+    (images and classes in the order of ``image_ids`` and ``category_ids``)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def index(data: dict) -> COCO:
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+        return coco
+
+    image_index = {int(i): k for k, i in enumerate(image_ids)}
+    class_index = {int(c): k for k, c in enumerate(category_ids)}
+    coco_tp = np.zeros(num_detections, dtype=np.uint16)
+    coco_ignore = np.full(num_detections, _ALL_IOUS, dtype=np.uint16)  # beyond maxDets unless seen
+    coco_gt = np.zeros((len(image_ids), len(category_ids)), dtype=np.int32)
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(index(annotations), index(results), "bbox")
+        evaluator = COCOeval(index(ground_truth), index(results), iou_type)
+        evaluator.params.imgIds = [int(i) for i in image_ids]
         evaluator.params.areaRng, evaluator.params.areaRngLbl = [[0, 1e5**2]], ["all"]
         evaluator.params.maxDets = [COCO_MAX_DETS]
         evaluator.evaluate()
     bits = (1 << np.arange(len(COCO_IOUS), dtype=np.uint16))[:, None]
-    for k, e in enumerate(evaluator.evalImgs):  # ordered [category][image] (one area range)
+    for e in evaluator.evalImgs:
         if e is None:
             continue
-        coco_gt[k % n, k // n] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+        coco_gt[image_index[e["image_id"]], class_index[e["category_id"]]] = int(
+            np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
         if not e["dtIds"]:
             continue
         d = np.asarray(e["dtIds"], dtype=np.int64) - 1
@@ -211,6 +225,43 @@ def _coco_flags(ground_truth: Sequence[dict], image: np.ndarray, label: np.ndarr
         coco_tp[d] = (matched * bits).sum(0)
         coco_ignore[d] = (ignore * bits).sum(0)
     return coco_tp, coco_ignore, coco_gt
+
+
+def mask_matches(mask_ground_truth: dict, detections: Sequence[dict], image_ids: Sequence[int],
+                 category_ids: Sequence[int], sample_ids: Sequence[str]) -> MatchRecords:
+    """Match records of instance masks under COCO's segm protocol (mask IoU, pycocotools).
+
+    ``mask_ground_truth``: a COCO instances dict with segmentations, numbered by the
+    evaluation's ``image_ids`` (one per sample, in order, named ``sample_ids``);
+    ``detections``: a COCO results list with ``segmentation`` in image order, then each
+    image's detector order (:func:`icm.evaluation.coco_eval.coco_detections` with masks);
+    ``category_ids``: the COCO id of each class index. Only the COCO fields mean anything
+    for masks (``coco``, ``coco50``, ``coco75``); the VOC fields mirror COCO's matching at
+    IoU 0.5 so the records stay well formed. On the full sample they give
+    ``coco_map(mask_ground_truth, detections, "segm")``.
+    """
+    from pycocotools import mask as mask_utils
+
+    image_index = {int(i): k for k, i in enumerate(image_ids)}
+    class_index = {int(c): k for k, c in enumerate(category_ids)}
+    image = np.asarray([image_index[int(d["image_id"])] for d in detections], dtype=np.int32)
+    if np.any(np.diff(image) < 0):
+        raise ValueError("mask detections are not in image order")
+    label = np.asarray([class_index[int(d["category_id"])] for d in detections], dtype=np.int32)
+    score = np.asarray([float(d["score"]) for d in detections], dtype=np.float64)
+    # the area COCO.loadRes gives a result (its box's when it has one: a box of negative width
+    # makes an unmatched detection ignored, as in coco_map)
+    results = [{**d, "id": k + 1, "iscrowd": 0,
+                "area": float(d["bbox"][2] * d["bbox"][3]) if d.get("bbox") else float(mask_utils.area(d["segmentation"]))}
+               for k, d in enumerate(detections)]
+    # pycocotools turns polygons into RLEs in place: hand it copies
+    truth = {**mask_ground_truth, "annotations": [dict(a) for a in mask_ground_truth["annotations"]]}
+    coco_tp, coco_ignore, coco_gt = _evaluated_flags(
+        truth, {"images": truth["images"], "categories": truth["categories"], "annotations": results},
+        "segm", len(results), image_ids, category_ids)
+    voc = np.where(coco_tp & 1, 1, np.where(coco_ignore & 1, -1, 0)).astype(np.int8)
+    return MatchRecords(image, label, score, voc, coco_tp, coco_ignore, coco_gt.copy(), coco_gt,
+                        np.asarray([str(i) for i in sample_ids], dtype=str), True)
 
 
 # ----------------------------------------------------------------------------- mAP
@@ -436,7 +487,8 @@ def paired_difference(a: MatchRecords, b: MatchRecords, protocol: str, resamples
 class PointSamples:
     """Everything a bootstrap over images needs of one evaluated (codec, quality) point:
     ``image_ids`` [N], ``per_image`` metrics ({name: [N] floats, NaN = not measured}, e.g.
-    bpp and PSNR) and ``matches`` ({detector: :class:`MatchRecords`}). No boxes."""
+    bpp and PSNR) and ``matches`` ({detector: :class:`MatchRecords`}; a mask model's mask
+    records under :data:`MASK_RECORDS` + its name, see :func:`mask_matches`). No boxes."""
 
     image_ids: np.ndarray
     per_image: dict[str, np.ndarray]

@@ -11,11 +11,12 @@ from icm.ap_bootstrap import (
     image_matches,
     map_from_matches,
     maps_from_matches,
+    mask_matches,
     paired_difference,
     percentile_interval,
 )
 from icm.data.records import DetectionSample
-from icm.evaluation.coco_eval import coco_detections, coco_ground_truth, coco_map
+from icm.evaluation.coco_eval import coco_detections, coco_ground_truth, coco_map, masks_to_rle
 from icm.voc_eval import voc_map
 
 # Two images of one class, one object each. Codec A: image 0 has a TP (0.9) and an FP (0.8);
@@ -177,3 +178,57 @@ def test_weights_and_mismatched_records_are_errors():
         paired_difference(a, a.subset([1, 0]), "voc07")
     with pytest.raises(ValueError, match="different images"):
         paired_difference(a, image_matches(GT + GT[:1], DETS_A + DETS_A[:1], 1), "voc07")
+
+
+def ellipse_mask(box, size=128):
+    """The ellipse inscribed in ``box``: mask IoUs differ from box IoUs."""
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    x1, y1, x2, y2 = box
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, max((x2 - x1) / 2, 1), max((y2 - y1) / 2, 1)
+    return (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1).astype(np.uint8)
+
+
+def mask_data(gts, dets, order):
+    """COCO mask ground truth and results for images ``order`` (repeats allowed), numbered
+    1..len(order): ground-truth ellipses in the boxes, detections as filled boxes."""
+    images, annotations, results = [], [], []
+    for new_id, i in enumerate(order, start=1):
+        images.append({"id": new_id, "width": 128, "height": 128})
+        for box, label, crowd in zip(gts[i]["boxes"], gts[i]["labels"], gts[i]["difficult"]):
+            m = ellipse_mask(box)[None]
+            annotations.append({"id": len(annotations) + 1, "image_id": new_id, "category_id": int(label) + 1,
+                                "iscrowd": int(crowd), "area": float(m.sum()), "segmentation": masks_to_rle(m)[0],
+                                "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
+        d = dets[i]
+        filled = np.zeros((len(d["boxes"]), 128, 128), np.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(np.clip(np.round(d["boxes"]), 0, 128).astype(int)):
+            filled[k, y1:y2, x1:x2] = 1
+        results.append({**d, "segmentation": masks_to_rle(filled)})
+    truth = {"images": images, "categories": [{"id": c + 1, "name": str(c)} for c in range(4)],
+             "annotations": annotations}
+    return truth, coco_detections(results, range(1, 5), with_masks=True)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_mask_records_give_coco_segm_ap_on_the_full_sample_and_on_a_resample(seed):
+    gts, dets, _ = random_detection_data(seed, ties=False)
+    n = len(gts)
+    truth, detections = mask_data(gts, dets, range(n))
+    records = mask_matches(truth, detections, list(range(1, n + 1)), list(range(1, 5)), [f"im{i}" for i in range(n)])
+    segm = coco_map(truth, detections, "segm")
+    assert 0.02 < segm["map"] < 0.95 and 0.1 < segm["ap50"] < 0.95  # not a trivial case
+    got = maps_from_matches(records, ["coco", "coco50", "coco75"])
+    assert (got["coco"], got["coco50"], got["coco75"]) == pytest.approx((segm["map"], segm["ap50"], segm["ap75"]),
+                                                                        abs=1e-6)
+    boxes = coco_map(coco_ground_truth([DetectionSample(str(i), "x.png", 128, 128, g["boxes"], g["labels"],
+                                                        iscrowd=g["difficult"]) for i, g in enumerate(gts)],
+                                       [str(c) for c in range(4)]), coco_detections(dets, range(1, 5)))
+    assert abs(got["coco"] - boxes["map"]) > 0.02  # masks are matched by mask IoU, not by box IoU
+    weights = bootstrap_weights(n, 2, seed=seed)
+    resampled = map_from_matches(records, "coco50", weights)
+    for b, row in enumerate(weights):
+        drawn = np.repeat(np.arange(n), row)
+        expected = coco_map(*mask_data(gts, dets, drawn), "segm")["ap50"]
+        assert resampled[b] == pytest.approx(expected, abs=1e-6), b
+    with pytest.raises(ValueError, match="image order"):
+        mask_matches(truth, detections[::-1], list(range(1, n + 1)), list(range(1, 5)), [str(i) for i in range(n)])

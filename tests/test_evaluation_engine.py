@@ -254,8 +254,14 @@ def test_mask_ap_with_ground_truth_masks_and_note_without(tmp_path):
     det = {"masker": MaskedSquareFinder(["square"])}
     with_gt = evaluate_codec(IdentityCodec(), dataset, det, mask_ground_truth=mask_gt, progress=False)
     assert with_gt["results"]["mask-map-coco:masker"] == pytest.approx(1.0)
+    # per-image mask records for the bootstrap, beside the box records
+    from icm.ap_bootstrap import map_from_matches
+
+    records = with_gt["samples"].matches
+    assert sorted(records) == ["mask:masker", "masker"]
+    assert records["mask:masker"].coco_gt.sum() == 2 and map_from_matches(records["mask:masker"], "coco") == 1.0
     without = evaluate_codec(IdentityCodec(), dataset, det, progress=False)
-    assert "mask-map-coco:masker" not in without["results"]
+    assert "mask-map-coco:masker" not in without["results"] and list(without["samples"].matches) == ["masker"]
     assert any(n.startswith("mask-map-coco:masker: skipped") for n in without["notes"])
 
 

@@ -15,6 +15,7 @@ from icm.evaluation.make_tables import (
     bootstrap_curves,
     build_parser,
     default_anchor,
+    generalization_table,
     load_curves,
     main,
     make_tables,
@@ -147,10 +148,11 @@ def test_plots_default_into_out_and_bootstrap_flags(small_run, tmp_path, monkeyp
 NUM_IMAGES, QUALITIES = 80, (1, 2, 3, 4)
 
 
-def synthetic_codec(folder, name, found, bpp_scale=1.0, seed=0):
+def synthetic_codec(folder, name, found, bpp_scale=1.0, seed=0, masks=False):
     """Point files and sidecars of a codec whose detector finds each object with
     probability ``found[q]`` at quality q (one detector, one class, 80 images; the images
-    and their objects are the same for every codec)."""
+    and their objects are the same for every codec). ``masks``: the detector is a mask
+    model too, with mask records (here its box records again) and ``mask-map-coco``."""
     world = np.random.default_rng(123)
     base = world.uniform(0.5, 1.5, NUM_IMAGES)
     gts = []
@@ -172,8 +174,12 @@ def synthetic_codec(folder, name, found, bpp_scale=1.0, seed=0):
         psnr = 26 + 2 * q + base
         results = {"bpp": [bpp.mean()], "psnr-rgb": [psnr.mean()]}
         results["map-voc07:det"] = results["map-voc07:all-mean"] = [map_from_matches(records, "voc07")]
+        matches = {"det": records}
+        if masks:
+            matches["mask:det"] = records
+            results["mask-map-coco:det"] = [map_from_matches(records, "coco")]
         stem = f"{name}-q{q}"
-        PointSamples(records.image_ids, {"bpp": bpp, "psnr-rgb": psnr}, {"det": records}).save(
+        PointSamples(records.image_ids, {"bpp": bpp, "psnr-rgb": psnr}, matches).save(
             folder / f"{stem}.matches.npz")
         atomic_write_json(folder / f"{stem}.json", {"name": name, "codec": {"kind": "checkpoint"}, "qualities": [q],
                                                     "results": results, "sidecar": f"{stem}.matches.npz"})
@@ -256,3 +262,22 @@ def test_generalization_table_has_one_row_per_axis_with_intervals(synthetic, tmp
     assert "task: no result (metric mask-map-coco:det not in its files)" in md
     with pytest.raises(SystemExit):
         main(["--generalization", "no-colon-here", "--out", str(tmp_path)])
+
+
+def test_mask_ap_is_resampled_from_mask_records(tmp_path):
+    folder = tmp_path / "points"
+    folder.mkdir()
+    found = (0.35, 0.55, 0.75, 0.9)
+    files = synthetic_codec(folder, "anchor", found, masks=True)
+    files += synthetic_codec(folder, "better", [p + 0.1 for p in found], seed=2, masks=True)
+    curves = load_curves(files)
+    by_name = {c.name: c for c in curves}
+    boot = bootstrap_curves(curves, by_name["anchor"], 300, seed=1)
+    values = boot.values["better"]
+    assert "mask-map-coco:det" in values and "map-voc07:mask:det" not in values
+    assert values["mask-map-coco:det"].shape == (300, len(QUALITIES)) and np.isfinite(values["mask-map-coco:det"]).all()
+    table = generalization_table([("task", files, "mask-map-coco:det")], "better", ["anchor"], resamples=300, seed=1)
+    cells = table.rows[0][2:]
+    assert all(None not in cell for cell in cells)  # estimates and intervals
+    (_, low, high), (quality, q_low, q_high) = cells
+    assert high < 0 and 0 < q_low <= quality <= q_high  # +10% recall: less rate, more mask AP

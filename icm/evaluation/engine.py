@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from icm.ap_bootstrap import PointSamples, image_matches
+from icm.ap_bootstrap import MASK_RECORDS, PointSamples, image_matches, mask_matches
 from icm.codec import ARCHITECTURES, BACKBONE_ALIASES, bits_per_pixel, resolve_backbone
 from icm.data import load_dataset
 from icm.data.records import DetectionDataset
@@ -285,11 +285,17 @@ def evaluate_codec(
     columns = np.asarray(per_image, dtype=np.float64).reshape(-1, 3).T
     image_ids = [str(s.id) for s in samples]
     ground_truth = voc_ground_truth(samples)
+    matches = {name: image_matches(ground_truth, preds, len(dataset.classes), image_ids=image_ids)
+               for name, preds in predictions.items()}
+    if mask_ground_truth is not None:  # instance masks: COCO segm records beside the box ones
+        category_ids, coco_ids = category_ids_of(dataset), image_ids_of(dataset, samples)
+        for name, preds in predictions.items():
+            if preds and any("segmentation" in p for p in preds):
+                matches[MASK_RECORDS + name] = mask_matches(
+                    mask_ground_truth, coco_detections(preds, category_ids, coco_ids, with_masks=True),
+                    coco_ids, category_ids, image_ids)
     out["samples"] = PointSamples(
-        np.asarray(image_ids, dtype=str), dict(zip(("bpp", "psnr-rgb", "ms-ssim-rgb"), columns)),
-        {name: image_matches(ground_truth, preds, len(dataset.classes), image_ids=image_ids)
-         for name, preds in predictions.items()},
-    )
+        np.asarray(image_ids, dtype=str), dict(zip(("bpp", "psnr-rgb", "ms-ssim-rgb"), columns)), matches)
     out["predictions"] = predictions
     out["predictable"] = {name: predictable_classes(d) for name, d in detectors.items()}
     if detectors:

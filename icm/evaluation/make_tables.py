@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from icm.ap_bootstrap import (
+    MASK_RECORDS,
     Interval,
     PointSamples,
     bootstrap_weights,
@@ -75,7 +76,8 @@ GROUP_SUFFIX = "-mean"
 PLOT_PROTOCOLS = ("map-voc07", "map-coco")
 # Protocols the bootstrap recomputes from match records (icm/ap_bootstrap.py names).
 MATCH_PROTOCOLS = {"map-voc07": "voc07", "map-voc12": "voc12", "map-coco": "coco",
-                   "ap50-coco": "coco50", "ap75-coco": "coco75"}
+                   "ap50-coco": "coco50", "ap75-coco": "coco75",
+                   "mask-map-coco": "coco", "mask-ap50-coco": "coco50", "mask-ap75-coco": "coco75"}
 DEFAULT_RESAMPLES = 1000
 CONFIDENCE = 0.95
 # More dropped (non-monotonic) resamples than this and an interval is no basis for a claim.
@@ -342,6 +344,9 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
             boot = bootstrap_curves([by_name[test]], anchor, resamples, seed, method) if resamples else None
             estimates = _bd_pair(anchor, by_name[test], key, method)
             intervals = boot.intervals(anchor, by_name[test], key, estimates) if boot else (None, None)
+            if boot and intervals == (None, None):
+                notes.append(f"{axis}: no interval against {reference}: no per-image records of {key} "
+                             f"(points evaluated before evaluate.py kept them?)")
             for estimate, ci, unit in zip(estimates, intervals, (1.0, scale)):  # BD-quality in points or dB
                 values = (estimate, *((ci.low, ci.high) if ci else (None, None)))
                 row.append(tuple(None if _missing(v) else v * unit for v in values))
@@ -470,8 +475,11 @@ def _resample_curve(curve: Curve, samples: list[PointSamples], weights: np.ndarr
               for metric in ("bpp", "psnr-rgb") if all(metric in s.per_image for s in samples)}
     for i, s in enumerate(samples):
         for detector, records in s.matches.items():
-            maps = maps_from_matches(records, list(protocols.values()), weights)
-            for key, name in protocols.items():
+            is_mask = detector.startswith(MASK_RECORDS)  # instance-mask records: the mask- keys only
+            detector = detector.removeprefix(MASK_RECORDS)
+            keys = {k: v for k, v in protocols.items() if k.startswith("mask-") == is_mask}
+            maps = maps_from_matches(records, sorted(set(keys.values())), weights)
+            for key, name in keys.items():
                 values.setdefault(f"{key}:{detector}", np.full((len(weights), len(samples)), np.nan))[:, i] = maps[name]
     for key in protocols:  # group means as the engine takes them, per resample
         detectors = curve.detectors(key)
