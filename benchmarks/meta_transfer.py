@@ -25,6 +25,10 @@ carried the whole perturbation on top of the anchor's reconstruction. This is th
 of what stage two can pass on at that codec's quality: a fine-tuned codec reproduces a
 share of the perturbation (``benchmarks/delta_share.py``), so the decoded gain it can show
 is at most about that share of this one.
+With ``--encoded_by CODEC`` every variant is itself encoded and decoded by the codec: the
+images the codec gives when its input is the perturbed image, as if stage two had taught its
+encoder to see x_aug in x. Also reported: the share of each perturbation the codec lets
+through, <decode(x_v) - decode(x), x_v - x> / <x_v - x, x_v - x> (mean over images).
 
 Each difference to clean, and maa against each control, comes with a 95% paired bootstrap
 interval over images (the same resampled images for both sides; group means are means over
@@ -113,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--carried_by", default=None, metavar="CODEC",
                    help="a codec checkpoint: score each variant as this codec's decode of x plus the variant's "
                    "perturbation (a codec that carries all of it: the decoded ceiling); None: clean images" + d)
+    p.add_argument("--encoded_by", default=None, metavar="CODEC",
+                   help="a codec checkpoint: score each variant as this codec's decode of the variant itself "
+                   "(a codec fed the perturbed image); None: clean images" + d)
     p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here" + d)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
@@ -134,8 +141,9 @@ def model_sets(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str
         raise ValueError("name the seen and unseen detectors (--seen, --unseen) or a --config that does")
     if set(seen) & set(unseen):
         raise ValueError(f"--seen and --unseen overlap: {sorted(set(seen) & set(unseen))}")
-    weights = {**(evaluation.get("weights") or {}), **(stage_one.get("weights") or {}),
-               **detector_weights(args.weights)}
+    configured = {**(evaluation.get("weights") or {}), **(stage_one.get("weights") or {})}
+    # the config's weights of other models (e.g. the mask model) are not this run's to warn about
+    weights = {**{k: v for k, v in configured.items() if k in seen + unseen}, **detector_weights(args.weights)}
     return seen, unseen, weights
 
 
@@ -183,6 +191,14 @@ def carried(decoded: torch.Tensor, variant: torch.Tensor, clean: torch.Tensor) -
     return (to_8bit(decoded) + to_8bit(variant) - to_8bit(clean)).clamp(0, 255) / 255
 
 
+def share_passed(moved: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per image, <moved, delta> / <delta, delta>: how much of the perturbation ``delta``
+    the change ``moved`` of a decode reproduces (0 where delta is 0)."""
+    moved, delta = moved.flatten(1).double(), delta.flatten(1).double()
+    energy = (delta * delta).sum(1)
+    return torch.where(energy > 0, (moved * delta).sum(1) / energy.clamp_min(1e-30), torch.zeros_like(energy))
+
+
 def decode_8bit(model, images: torch.Tensor) -> torch.Tensor:
     """Each image through ``model``'s real bitstream, decoded to 8-bit values in [0, 1]."""
     from icm.codec import compress_image, decompress_image
@@ -228,13 +244,16 @@ def run(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     seen, unseen, weights = model_sets(args)
     codec = None if args.codec_aware is None else anchor_reconstruction(args.codec_aware, device)
-    carrier = None
-    if args.carried_by is not None:
+    if args.carried_by is not None and args.encoded_by is not None:
+        raise ValueError("--carried_by and --encoded_by: give one of them")
+    view = "carried_by" if args.carried_by is not None else "encoded_by" if args.encoded_by is not None else None
+    viewer = None
+    if view is not None:
         from icm.codec import load_codec
 
-        if not Path(args.carried_by).is_file():
-            raise ValueError(f"--carried_by {args.carried_by}: no such codec checkpoint")
-        carrier, _ = load_codec(args.carried_by, device=device)
+        if not Path(getattr(args, view)).is_file():
+            raise ValueError(f"--{view} {getattr(args, view)}: no such codec checkpoint")
+        viewer, _ = load_codec(getattr(args, view), device=device)
     full = load_dataset(args.dataset, split=args.split, root=args.data_root)
     dataset = dataclasses.replace(full, samples=full.samples[args.start : args.start + args.limit])
     if not dataset.samples:
@@ -247,6 +266,7 @@ def run(args: argparse.Namespace) -> dict:
     epsilon_levels = max_linf_8bit(config.epsilon)
     predictions = {v: {n: [] for n in detectors} for v in VARIANTS}
     levels = {v: [] for v in VARIANTS[1:]}
+    passed = {v: [] for v in VARIANTS[1:]}  # --encoded_by: share of each perturbation let through
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc="transfer", unit="img", disable=args.no_progress)
     for batch in equal_size_batches(samples, args.batch_size):
@@ -260,10 +280,15 @@ def run(args: argparse.Namespace) -> dict:
                     "smooth": smooth_control(clean.cpu(), level, epsilon_levels, generator).to(device),
                     "noise": random_sign_control(clean.cpu(), torch.full_like(level, float(args.noise_level)),
                                                  generator).to(device)}
-        if carrier is not None:
-            decoded = decode_8bit(carrier, clean)
+        if view == "carried_by":
+            decoded = decode_8bit(viewer, clean)
             variants = {v: carried(decoded, images, clean) for v, images in variants.items()}
             clean = decoded  # the perturbations' sizes are measured against the decode
+        elif view == "encoded_by":
+            encoded = {v: decode_8bit(viewer, images) for v, images in variants.items()}
+            for v in passed:
+                passed[v] += share_passed(encoded[v] - encoded["clean"], variants[v] - variants["clean"]).tolist()
+            variants, clean = encoded, encoded["clean"]
         for variant, images in variants.items():
             if variant != "clean":
                 levels[variant] += mean_abs_levels(images, clean).tolist()
@@ -304,7 +329,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "dataset": dataset.name, "split": args.split, "images": len(samples), "image_ids": sorted(s.id for s in samples), "seen": seen, "unseen": unseen,
         "stage_one": {**vars(config), "codec_aware": args.codec_aware, "seed": args.seed},
-        "carried_by": args.carried_by,
+        "carried_by": args.carried_by, "encoded_by": args.encoded_by,
+        "share_passed": {v: float(np.mean(values)) for v, values in passed.items()} if view == "encoded_by" else None,
         "metric": "VOC07 11-point mAP@0.5", "bootstrap": args.bootstrap, "noise_level": args.noise_level, "confidence": 0.95,
         "mean_abs_delta_levels": {v: float(np.mean(values)) for v, values in levels.items()},
         "detectors": rows, "gradient_cosines": cosines, "gradient_cosine_means": cosine_summary,
@@ -321,8 +347,13 @@ def interval_cell(d: dict | None) -> str:
 def format_table(result: dict) -> str:
     """The result as a Markdown table (mAP in points, differences with their 95% interval)."""
     delta = result["mean_abs_delta_levels"]
-    where = (f"decoded by {result['carried_by']}, each perturbation added to the decode (the ceiling of a codec "
-             "that carries it all)" if result.get("carried_by") else "clean images")
+    where = "clean images"
+    if result.get("carried_by"):
+        where = (f"decoded by {result['carried_by']}, each perturbation added to the decode (the ceiling of a codec "
+                 "that carries it all)")
+    elif result.get("encoded_by"):
+        where = (f"each variant encoded and decoded by {result['encoded_by']}; share of its perturbation let "
+                 "through: " + ", ".join(f"{v} {x:.3f}" for v, x in result["share_passed"].items()))
     lines = [f"{result['images']} {result['dataset']}/{result['split']} images ({where}), {result['metric']} in points, "
              f"95% paired bootstrap intervals ({result['bootstrap']} resamples). Mean |delta| in levels: "
              + ", ".join(f"{v} {x:.2f}" for v, x in delta.items()), "",

@@ -198,3 +198,42 @@ def test_carried_by_scores_the_decoded_images(tmp_path, monkeypatch, capsys, cod
     with pytest.raises(SystemExit):
         meta_transfer.main([*common, "--carried_by", str(tmp_path / "missing.pth.tar")])
     assert "--carried_by" in capsys.readouterr().err
+
+
+def test_share_passed_projects_the_change_on_the_perturbation():
+    delta = torch.tensor([[2.0, 0.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    moved = torch.tensor([[1.0, 5.0, -1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 2, 2)
+    assert meta_transfer.share_passed(moved, delta).tolist() == [0.5, 0.0]  # (2 + 2) / 8; no delta: 0
+
+
+def test_encoded_by_scores_each_variant_through_the_codec(tmp_path, monkeypatch, capsys):
+    ckpt = ROOT / "assets" / "toy" / "codec_q6.pth.tar"  # a trained codec: it reacts to +-8 levels
+    if not ckpt.is_file():
+        pytest.skip("no shipped toy codec")
+    from icm.codec import load_codec
+
+    model, _ = load_codec(ckpt)
+    root = make_toy_dataset(tmp_path / "toy", train=2, val=6, size=48, seed=5)
+    classes = load_dataset("toy", split="val", root=root).classes
+    build = lambda name, classes=None, weights=None, device="cpu", **kw: BrightBox(name, classes, 3).freeze()  # noqa: E731
+    monkeypatch.setattr("icm.detectors.registry.build_detector", build)
+    common = ["--config", "", "--data_root", str(root), "--seen", "s1", "--unseen", "u1", "--limit", "6",
+              "--batch_size", "3", "--meta_steps", "1", "--inner_steps", "1", "--epsilon", "16/255",
+              "--bootstrap", "20", "--cosine_images", "0", "--no_progress"]
+    result = meta_transfer.main([*common, "--encoded_by", str(ckpt)])
+    assert result["encoded_by"] == str(ckpt) and result["carried_by"] is None
+    assert "encoded and decoded by" in capsys.readouterr().out
+    # 'clean' is the codec's decode of x, each variant the codec's decode of itself
+    dataset = load_dataset("toy", split="val", root=root, limit=6)
+    samples = [s for b in meta_transfer.equal_size_batches(dataset.samples, 3) for s in b]
+    images = torch.stack([meta_transfer.read_image_tensor(s.image_path) for s in samples])
+    decoded = meta_transfer.decode_8bit(model, images)
+    gt = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult} for s in samples]
+    preds = build("u1", classes).predict(list(decoded))
+    assert result["detectors"]["u1"]["map_clean"] == pytest.approx(voc_map(gt, preds, len(classes), use_07_metric=True).map)
+    # the codec lets part of iid noise through, more of a smooth field of the same size
+    shares = result["share_passed"]
+    assert 0.0 < shares["noise"] < 0.9 and shares["noise"] < shares["smooth"] < 1.2, shares
+    with pytest.raises(SystemExit):
+        meta_transfer.main([*common, "--encoded_by", str(ckpt), "--carried_by", str(ckpt)])
+    assert "give one of them" in capsys.readouterr().err
