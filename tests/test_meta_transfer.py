@@ -159,6 +159,33 @@ def test_start_picks_other_images_for_a_replicate(tmp_path, monkeypatch, capsys)
     assert "--start 6: the split 'val' has 6 images" in capsys.readouterr().err
 
 
+def tiny_codec_run(tmp_path, monkeypatch):
+    """A six-image toy val split, BrightBox detectors s1 (seen) and u1 (unseen), and the
+    meta_transfer flags of a fast run on it: (data root, flags)."""
+    root = make_toy_dataset(tmp_path / "toy", train=2, val=6, size=48, seed=5)
+    monkeypatch.setattr("icm.detectors.registry.build_detector", build_bright_box)
+    common = ["--config", "", "--data_root", str(root), "--seen", "s1", "--unseen", "u1", "--limit", "6",
+              "--batch_size", "3", "--meta_steps", "1", "--inner_steps", "1", "--epsilon", "16/255",
+              "--bootstrap", "20", "--cosine_images", "0", "--no_progress"]
+    return root, common
+
+
+def build_bright_box(name, classes=None, weights=None, device="cpu", **kw):
+    return BrightBox(name, classes, 3).freeze()
+
+
+def map_on_decodes(root, model):
+    """u1's VOC07 mAP on ``model``'s decodes of the tiny run's images (in meta_transfer's
+    batch order), and the mean |decode - image|."""
+    dataset = load_dataset("toy", split="val", root=root, limit=6)
+    samples = [s for b in meta_transfer.equal_size_batches(dataset.samples, 3) for s in b]
+    images = torch.stack([meta_transfer.read_image_tensor(s.image_path) for s in samples])
+    decoded = meta_transfer.decode_8bit(model, images)
+    gt = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult} for s in samples]
+    preds = build_bright_box("u1", dataset.classes).predict(list(decoded))
+    return voc_map(gt, preds, len(dataset.classes), use_07_metric=True).map, float((decoded - images).abs().mean())
+
+
 def test_carried_adds_the_whole_perturbation_to_the_decode():
     clean = torch.tensor([10.0, 100.0, 250.0, 3.0]).view(1, 1, 2, 2) / 255
     variant = torch.tensor([18.0, 92.0, 255.0, 3.0]).view(1, 1, 2, 2) / 255
@@ -171,26 +198,15 @@ def test_carried_adds_the_whole_perturbation_to_the_decode():
 
 def test_carried_by_scores_the_decoded_images(tmp_path, monkeypatch, capsys, codec_assets):
     _, model, ckpt, _ = codec_assets
-    root = make_toy_dataset(tmp_path / "toy", train=2, val=6, size=48, seed=5)
-    classes = load_dataset("toy", split="val", root=root).classes
-    build = lambda name, classes=None, weights=None, device="cpu", **kw: BrightBox(name, classes, 3).freeze()  # noqa: E731
-    monkeypatch.setattr("icm.detectors.registry.build_detector", build)
-    common = ["--config", "", "--data_root", str(root), "--seen", "s1", "--unseen", "u1", "--limit", "6",
-              "--batch_size", "3", "--meta_steps", "1", "--inner_steps", "1", "--epsilon", "16/255",
-              "--bootstrap", "20", "--cosine_images", "0", "--no_progress"]
+    root, common = tiny_codec_run(tmp_path, monkeypatch)
     result = meta_transfer.main([*common, "--carried_by", str(ckpt)])
     assert result["carried_by"] == str(ckpt)
     table = capsys.readouterr().out
     assert "decoded by" in table and "Input-gradient cosine" not in table  # --cosine_images 0: no line
     # 'clean' is now the codec's decode of x: its mAP is the detector's on the decoded images.
-    dataset = load_dataset("toy", split="val", root=root, limit=6)
-    samples = [s for b in meta_transfer.equal_size_batches(dataset.samples, 3) for s in b]
-    images = torch.stack([meta_transfer.read_image_tensor(s.image_path) for s in samples])
-    decoded = meta_transfer.decode_8bit(model, images)
-    assert (decoded - images).abs().mean() > 0.01  # the (random, tiny) codec's decode, not the image
-    gt = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult} for s in samples]
-    preds = build("u1", classes).predict(list(decoded))
-    assert result["detectors"]["u1"]["map_clean"] == pytest.approx(voc_map(gt, preds, len(classes), use_07_metric=True).map)
+    decoded_map, moved = map_on_decodes(root, model)
+    assert moved > 0.01  # the (random, tiny) codec's decode, not the image
+    assert result["detectors"]["u1"]["map_clean"] == pytest.approx(decoded_map)
     # sizes are measured on the decode, where [0, 255] clips them (this random codec decodes
     # near the ends of the range, so they shrink)
     levels = result["mean_abs_delta_levels"]
@@ -213,24 +229,12 @@ def test_encoded_by_scores_each_variant_through_the_codec(tmp_path, monkeypatch,
     from icm.codec import load_codec
 
     model, _ = load_codec(ckpt)
-    root = make_toy_dataset(tmp_path / "toy", train=2, val=6, size=48, seed=5)
-    classes = load_dataset("toy", split="val", root=root).classes
-    build = lambda name, classes=None, weights=None, device="cpu", **kw: BrightBox(name, classes, 3).freeze()  # noqa: E731
-    monkeypatch.setattr("icm.detectors.registry.build_detector", build)
-    common = ["--config", "", "--data_root", str(root), "--seen", "s1", "--unseen", "u1", "--limit", "6",
-              "--batch_size", "3", "--meta_steps", "1", "--inner_steps", "1", "--epsilon", "16/255",
-              "--bootstrap", "20", "--cosine_images", "0", "--no_progress"]
+    root, common = tiny_codec_run(tmp_path, monkeypatch)
     result = meta_transfer.main([*common, "--encoded_by", str(ckpt)])
     assert result["encoded_by"] == str(ckpt) and result["carried_by"] is None
     assert "encoded and decoded by" in capsys.readouterr().out
     # 'clean' is the codec's decode of x, each variant the codec's decode of itself
-    dataset = load_dataset("toy", split="val", root=root, limit=6)
-    samples = [s for b in meta_transfer.equal_size_batches(dataset.samples, 3) for s in b]
-    images = torch.stack([meta_transfer.read_image_tensor(s.image_path) for s in samples])
-    decoded = meta_transfer.decode_8bit(model, images)
-    gt = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult} for s in samples]
-    preds = build("u1", classes).predict(list(decoded))
-    assert result["detectors"]["u1"]["map_clean"] == pytest.approx(voc_map(gt, preds, len(classes), use_07_metric=True).map)
+    assert result["detectors"]["u1"]["map_clean"] == pytest.approx(map_on_decodes(root, model)[0])
     # the codec lets part of iid noise through, more of a smooth field of the same size
     shares = result["share_passed"]
     assert 0.0 < shares["noise"] < 0.9 and shares["noise"] < shares["smooth"] < 1.2, shares
