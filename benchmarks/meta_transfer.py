@@ -28,7 +28,8 @@ is at most about that share of this one.
 With ``--encoded_by CODEC`` every variant is itself encoded and decoded by the codec: the
 images the codec gives when its input is the perturbed image, as if stage two had taught its
 encoder to see x_aug in x. Also reported: the share of each perturbation the codec lets
-through, <decode(x_v) - decode(x), x_v - x> / <x_v - x, x_v - x> (mean over images).
+through, <decode(x_v) - decode(x), x_v - x> / <x_v - x, x_v - x> (mean over the images with a
+perturbation; ``icm.codec.perturbation_share``).
 
 Each difference to clean, and maa against each control, comes with a 95% paired bootstrap
 interval over images (the same resampled images for both sides; group means are means over
@@ -76,6 +77,7 @@ from icm.cli import (
     positive_int,
     resolve_device,
 )
+from icm.codec import compress_image, decompress_image, load_codec, perturbation_share
 from icm.config import TOY_CONFIG, environment_info, load_yaml, to_plain
 from icm.data import load_dataset
 from icm.evaluation.engine import voc_ground_truth
@@ -191,18 +193,8 @@ def carried(decoded: torch.Tensor, variant: torch.Tensor, clean: torch.Tensor) -
     return (to_8bit(decoded) + to_8bit(variant) - to_8bit(clean)).clamp(0, 255) / 255
 
 
-def share_passed(moved: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Per image, <moved, delta> / <delta, delta>: how much of the perturbation ``delta``
-    the change ``moved`` of a decode reproduces (0 where delta is 0)."""
-    moved, delta = moved.flatten(1).double(), delta.flatten(1).double()
-    energy = (delta * delta).sum(1)
-    return torch.where(energy > 0, (moved * delta).sum(1) / energy.clamp_min(1e-30), torch.zeros_like(energy))
-
-
 def decode_8bit(model, images: torch.Tensor) -> torch.Tensor:
     """Each image through ``model``'s real bitstream, decoded to 8-bit values in [0, 1]."""
-    from icm.codec import compress_image, decompress_image
-
     return torch.cat([to_8bit(decompress_image(model, compress_image(model, x[None]))) / 255 for x in images])
 
 
@@ -249,8 +241,6 @@ def run(args: argparse.Namespace) -> dict:
     view = "carried_by" if args.carried_by is not None else "encoded_by" if args.encoded_by is not None else None
     viewer = None
     if view is not None:
-        from icm.codec import load_codec
-
         if not Path(getattr(args, view)).is_file():
             raise ValueError(f"--{view} {getattr(args, view)}: no such codec checkpoint")
         viewer, _ = load_codec(getattr(args, view), device=device)
@@ -287,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
         elif view == "encoded_by":
             encoded = {v: decode_8bit(viewer, images) for v, images in variants.items()}
             for v in passed:
-                passed[v] += share_passed(encoded[v] - encoded["clean"], variants[v] - variants["clean"]).tolist()
+                passed[v] += perturbation_share(encoded[v] - encoded["clean"], variants[v] - variants["clean"]).tolist()
             variants, clean = encoded, encoded["clean"]
         for variant, images in variants.items():
             if variant != "clean":
@@ -330,7 +320,7 @@ def run(args: argparse.Namespace) -> dict:
         "dataset": dataset.name, "split": args.split, "images": len(samples), "image_ids": sorted(s.id for s in samples), "seen": seen, "unseen": unseen,
         "stage_one": {**vars(config), "codec_aware": args.codec_aware, "seed": args.seed},
         "carried_by": args.carried_by, "encoded_by": args.encoded_by,
-        "share_passed": {v: float(np.mean(values)) for v, values in passed.items()} if view == "encoded_by" else None,
+        "share_passed": {v: float(np.nanmean(values)) for v, values in passed.items()} if view == "encoded_by" else None,
         "metric": "VOC07 11-point mAP@0.5", "bootstrap": args.bootstrap, "noise_level": args.noise_level, "confidence": 0.95,
         "mean_abs_delta_levels": {v: float(np.mean(values)) for v, values in levels.items()},
         "detectors": rows, "gradient_cosines": cosines, "gradient_cosine_means": cosine_summary,

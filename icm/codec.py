@@ -428,3 +428,12 @@ def noisy_reconstruction(model: CompressionModel, x: torch.Tensor, multiple: int
     finally:
         model.train(was_training)
     return crop(x_hat, pad)
+
+
+def perturbation_share(moved: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per image (first dimension), ``<moved, delta> / <delta, delta>``: the share of a
+    perturbation ``delta`` that a change ``moved`` of a codec's decode reproduces (1 = all of
+    it, 0 = none); NaN for an image without perturbation, where no share is defined."""
+    moved, delta = moved.flatten(1).double(), delta.flatten(1).double()
+    energy = (delta * delta).sum(1)
+    return torch.where(energy > 0, (moved * delta).sum(1) / energy.clamp_min(1e-30), torch.full_like(energy, torch.nan))

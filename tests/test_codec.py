@@ -19,6 +19,7 @@ from icm.codec import (
     lambda_for,
     load_codec,
     pad_to_multiple,
+    perturbation_share,
     real_bpp,
     resolve_backbone,
     save_codec_checkpoint,
@@ -243,3 +244,11 @@ def test_pretrained_loads_from_torch_hub_cache_without_network(tmp_path, monkeyp
     assert torch.equal(model.g_a[0].weight, zoo_like.g_a[0].weight)
     with pytest.raises(ValueError, match="no pretrained bmshj2018-factorized-relu"):
         build_codec("bmshj2018-factorized-relu", quality=1, pretrained=True)
+
+
+def test_perturbation_share_projects_the_change_on_the_perturbation():
+    delta = torch.tensor([[2.0, 0.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(3, 1, 2, 2)
+    moved = torch.tensor([[1.0, 5.0, -1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [-2.0, -2.0, -2.0, -2.0]]).view(3, 1, 2, 2)
+    share = perturbation_share(moved, delta)
+    assert share.shape == (3,) and share[0] == 0.5 and share[2] == -2.0  # (2 + 2) / 8; opposite, twice as large
+    assert share[1].isnan()  # no perturbation: no share (not 0)

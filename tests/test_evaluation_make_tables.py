@@ -277,7 +277,24 @@ def test_mask_ap_is_resampled_from_mask_records(tmp_path):
     assert "mask-map-coco:det" in values and "map-voc07:mask:det" not in values
     assert values["mask-map-coco:det"].shape == (300, len(QUALITIES)) and np.isfinite(values["mask-map-coco:det"]).all()
     table = generalization_table([("task", files, "mask-map-coco:det")], "better", ["anchor"], resamples=300, seed=1)
-    cells = table.rows[0][2:]
+    cells = [cell[:3] for cell in table.rows[0][2:]]  # a fourth element would be the "unstable" mark
     assert all(None not in cell for cell in cells)  # estimates and intervals
     (_, low, high), (quality, q_low, q_high) = cells
     assert high < 0 and 0 < q_low <= quality <= q_high  # +10% recall: less rate, more mask AP
+    if any(len(cell) > 3 for cell in table.rows[0][2:]):  # many resamples without BD: marked and explained
+        assert "unstable" in table.display()[0][2] + table.display()[0][3]
+        assert any(note.startswith("unstable = no claim") for note in table.notes)
+
+
+def test_generalization_cell_without_bd_estimate_says_unstable(tmp_path):
+    folder = tmp_path / "points"
+    folder.mkdir()
+    files = synthetic_codec(folder, "anchor", (0.35, 0.55, 0.75, 0.9))
+    files += synthetic_codec(folder, "dip", (0.45, 0.8, 0.5, 0.95), seed=2)  # mAP not monotonic in rate
+    table = generalization_table([("models", files, "map-voc07:det")], "dip", ["anchor"], resamples=100, seed=1)
+    rate, quality = table.rows[0][2:]
+    assert rate == "unstable"  # no BD-rate on a curve that is not monotonic: no "- [low, high]"
+    assert isinstance(quality, tuple) and None not in quality  # BD-mAP is still defined
+    cells = table.display()[0]
+    assert cells[2] == "unstable" and "[" in cells[3]
+    assert any(note.startswith("unstable = no claim") for note in table.notes)

@@ -106,10 +106,15 @@ def test_script_runs_rows_resumes_and_rejects_unknown_rows(tmp_path):
     assert "stage two at quality" not in second.stdout and "transfer on" not in second.stdout
 
 
-def test_delta_share_is_zero_against_itself_and_one_for_a_codec_that_adds_delta(tmp_path, codec_assets, monkeypatch):
+def load_delta_share():
     spec = importlib.util.spec_from_file_location("delta_share", ROOT / "benchmarks" / "delta_share.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_delta_share_is_zero_against_itself_and_one_for_a_codec_that_adds_delta(tmp_path, codec_assets, monkeypatch):
+    module = load_delta_share()
     from icm.io import read_image_tensor, write_image
     from icm.manifest import MANIFEST_NAME, manifest_record
 
@@ -140,3 +145,37 @@ def test_delta_share_is_zero_against_itself_and_one_for_a_codec_that_adds_delta(
 
     monkeypatch.setattr(module, "decompress_image", decode_plus_delta)
     assert module.delta_share(folder, codec, codec)["share_mean"] == pytest.approx(1.0)
+
+
+def test_reproducible_share_of_a_replicate_is_its_common_part(tmp_path, capsys):
+    """Two stage-one runs whose deltas share a part m and differ by +-n (n orthogonal to m):
+    the replicate reproduces |m|^2 / (|m|^2 + |n|^2) of delta, exactly (integer levels)."""
+    module = load_delta_share()
+    from icm.io import write_image
+    from icm.manifest import MANIFEST_NAME, manifest_record
+
+    rng = np.random.default_rng(1)
+    checker = np.indices((32, 32)).sum(0) % 2 * 2 - 1  # +-1, balanced: orthogonal to a constant
+    folders = {"a": tmp_path / "a", "b": tmp_path / "b"}
+    for f in folders.values():
+        (f / "images").mkdir(parents=True)
+    records = {"a": [], "b": []}
+    for i in range(3):
+        x = rng.integers(20, 200, (3, 32, 32)).astype(np.float32)
+        write_image(tmp_path / f"x{i}.png", torch.from_numpy(x / 255))
+        for name, sign in (("a", 1), ("b", -1)):
+            if name == "b" and i == 2:
+                continue  # an image missing from the replicate: left out with a warning
+            write_image(folders[name] / "images" / f"{i}.png", torch.from_numpy((x + 4 + sign * 2 * checker) / 255))
+            records[name].append(manifest_record(str(i), tmp_path / f"x{i}.png", f"images/{i}.png", 32, 32, 6.0, {}, {}))
+    for name, folder in folders.items():
+        (folder / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in records[name]))
+    with pytest.warns(UserWarning, match="1 of the first 64 images"):
+        result = module.main(["--augmented", str(folders["a"]), "--replicate", str(folders["b"])])
+    rep = result["replicate"]
+    assert rep["images"] == 2 and rep["missing"] == 1
+    assert rep["reproducible_mean"] == pytest.approx((16 - 4) / (16 + 4))  # <m+n, m-n> / |m+n|^2
+    assert rep["cosine_mean"] == pytest.approx(0.6) and "replicate reproduces" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        module.main(["--augmented", str(folders["a"])])  # nothing to measure
+    assert "nothing to measure" in capsys.readouterr().err

@@ -216,12 +216,6 @@ def test_carried_by_scores_the_decoded_images(tmp_path, monkeypatch, capsys, cod
     assert "--carried_by" in capsys.readouterr().err
 
 
-def test_share_passed_projects_the_change_on_the_perturbation():
-    delta = torch.tensor([[2.0, 0.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
-    moved = torch.tensor([[1.0, 5.0, -1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 2, 2)
-    assert meta_transfer.share_passed(moved, delta).tolist() == [0.5, 0.0]  # (2 + 2) / 8; no delta: 0
-
-
 def test_encoded_by_scores_each_variant_through_the_codec(tmp_path, monkeypatch, capsys):
     ckpt = ROOT / "assets" / "toy" / "codec_q6.pth.tar"  # a trained codec: it reacts to +-8 levels
     if not ckpt.is_file():

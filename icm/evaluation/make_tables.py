@@ -183,7 +183,7 @@ def columns_for(curves: list[Curve], protocol: str) -> list[tuple[str, str]]:
 class Table:
     title: str
     header: list[str]
-    rows: list[list]  # raw values (None / NaN allowed); a tuple is (estimate, low, high)
+    rows: list[list]  # raw values (None / NaN allowed); a tuple is (estimate, low, high[, mark]), a str is shown as is
     formats: list[str]  # per column: "s", or a format spec applied to numbers
     scale: list[float]  # per column display scale (mAP shown in %)
     row_scales: list[float] | None = None  # per row, for column row_scale_column (BD-quality units)
@@ -200,7 +200,7 @@ class Table:
             if self.row_scales is not None:
                 scales[self.row_scale_column] = self.row_scales[r]
             for value, fmt, scale in zip(row, self.formats, scales):
-                if fmt == "s":
+                if fmt == "s" or isinstance(value, str):
                     cells.append("" if value is None else str(value))
                 elif isinstance(value, tuple):
                     cells.append(_interval_text(value, fmt, scale))
@@ -255,12 +255,13 @@ def _number_text(value, fmt: str, scale: float) -> str:
 
 
 def _interval_text(value: tuple, fmt: str, scale: float) -> str:
-    """``estimate [low, high]``; the estimate alone when there is no interval."""
-    estimate, low, high = value
+    """``estimate [low, high]``; the estimate alone when there is no interval; a fourth
+    element is a mark written after it (``unstable``)."""
+    estimate, low, high, *mark = value
     text = _number_text(estimate, fmt, scale)
-    if _missing(low) or _missing(high):
-        return text
-    return f"{text} [{format(low * scale, fmt)}, {format(high * scale, fmt)}]"
+    if not (_missing(low) or _missing(high)):
+        text = f"{text} [{format(low * scale, fmt)}, {format(high * scale, fmt)}]"
+    return " ".join([text, *mark])
 
 
 def results_table(curves: list[Curve], protocol: str | None) -> Table:
@@ -348,11 +349,18 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
                 notes.append(f"{axis}: no interval against {reference}: no per-image records of {key} "
                              f"(points evaluated before evaluate.py kept them?)")
             for estimate, ci, unit in zip(estimates, intervals, (1.0, scale)):  # BD-quality in points or dB
-                values = (estimate, *((ci.low, ci.high) if ci else (None, None)))
-                row.append(tuple(None if _missing(v) else v * unit for v in values))
+                if _missing(estimate):
+                    row.append("unstable")  # no BD (a curve is not monotonic), whatever the resamples say
+                    continue
+                values = tuple(None if _missing(v) else v * unit
+                               for v in (estimate, *((ci.low, ci.high) if ci else (None, None))))
+                row.append((*values, "unstable") if _excludes_zero(estimate, ci) == "unstable" else values)
         rows.append(row)
         images = boot.num_images if resamples and boot else "?"
         notes.append(f"{axis}: {key} on {images} images")
+    if any(cell == "unstable" or (isinstance(cell, tuple) and "unstable" in cell) for row in rows for cell in row):
+        notes.append(f"unstable = no claim: the estimate has no BD (a curve is not monotonic) or more than "
+                     f"{MAX_DROPPED:.0%} of the resamples had none")
     formats = ["s", "s"] + [".2f", ".3f"] * len(references)
     return Table(f"Generalization of {test}: BD-rate (%) and BD-quality (mAP points; PSNR in dB) per axis, "
                  f"{method} interpolation", header, rows, formats, [1.0] * len(formats), notes=notes)
