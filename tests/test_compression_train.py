@@ -201,11 +201,13 @@ def test_resume_keeps_the_runs_settings_and_folder(toy_data, tmp_path, monkeypat
     for step in (3, 4):
         assert resumed[step]["loss"] == pytest.approx(expected[step]["loss"], rel=1e-5, abs=1e-5)
 
-    # A config's fine-tune start point yields to --resume (configs/toy.yaml has one).
+    # A config's fine-tune start point and output folder yield to --resume PATH (configs/toy.yaml has both).
     config = tmp_path / "finetune.yaml"
-    config.write_text(f"compression:\n  checkpoint: {tmp_path / 'absent.pth.tar'}\n  beta: 0.5\n")
+    config.write_text(f"compression:\n  checkpoint: {tmp_path / 'absent.pth.tar'}\n  beta: 0.5\n"
+                      f"  save_dir: {tmp_path / 'config_folder'}\n")
     assert train_compression.main([*plain, "--config", str(config), "--max_steps", "5", "--resume", resume]) == 0
     assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 5
+    assert not (tmp_path / "config_folder").exists()
 
     config = tmp_path / "beta.yaml"
     config.write_text("compression:\n  beta: 0.7\n")

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--out", "--save_dir", dest="save_dir", default=None,
                      help="output folder, also --save_dir (None: the --resume checkpoint's folder, else "
-                          "Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>)")
+                          "Compression/checkpoints/<backbone>-q<quality>-<metric>-beta<beta>; a --config's "
+                          "save_dir does not move a --resume PATH run)")
     out.add_argument("--log_every", type=positive_int, default=10, help="log (JSON lines, TensorBoard, bar) every N steps")
     out.add_argument("--save_every", type=non_negative_int, default=0, help="also save last.pth.tar every N steps (0: per epoch)")
     out.add_argument("--overwrite", action="store_true",
@@ -534,8 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``train_compression.py`` and the ``icm-train-compression`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args_with_config(build_parser(), argv, "compression")
-    if args.resume is not None and args.checkpoint and "checkpoint" not in command_line_flags(build_parser(), argv):
-        args.checkpoint = None  # a config's fine-tune start point: the resumed run is further along
+    if args.resume is not None:
+        given = command_line_flags(build_parser(), argv)
+        if args.checkpoint and "checkpoint" not in given:
+            args.checkpoint = None  # a config's fine-tune start point: the resumed run is further along
+        if args.resume and "save_dir" not in given:
+            args.save_dir = None  # --resume PATH goes on in PATH's folder, not in a config's save_dir
     try:
         train(args, explicit_flags(argv, args))
     finally:
