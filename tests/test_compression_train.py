@@ -208,6 +208,8 @@ def test_resume_keeps_the_runs_settings_and_folder(toy_data, tmp_path, monkeypat
     assert train_compression.main([*plain, "--config", str(config), "--max_steps", "5", "--resume", resume]) == 0
     assert torch.load(run / "last.pth.tar", map_location="cpu", weights_only=True)["step"] == 5
     assert not (tmp_path / "config_folder").exists()
+    with pytest.warns(UserWarning, match="nothing to train, the run is at epoch .* and step 5"):
+        train_compression.main([*plain, "--max_steps", "5", "--resume", resume])
 
     config = tmp_path / "beta.yaml"
     config.write_text("compression:\n  beta: 0.7\n")

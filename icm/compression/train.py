@@ -461,6 +461,9 @@ def train(args: argparse.Namespace, explicit: set[str] | None = None) -> dict:
         return metrics
 
     steps_per_epoch = math.ceil(sampler.num_samples / args.batch_size)
+    if resumed is not None and (epoch >= args.epochs or (args.max_steps and step >= args.max_steps)):
+        warnings.warn(f"{args.resume}: nothing to train, the run is at epoch {epoch} and step {step} "
+                      f"(--epochs {args.epochs}, --max_steps {args.max_steps}): raise one to continue", stacklevel=2)
     stopped = False
     val_metrics: dict = {}
     start_time = time.perf_counter()
