@@ -16,6 +16,7 @@ import csv
 import math
 from pathlib import Path
 
+from icm.cli import HelpFormatter
 from icm.io import read_json
 
 PROTOCOL = "map-voc07"
@@ -126,7 +127,7 @@ def ablation_table(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="ablation_table.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("out", type=Path, help="benchmarks/maa_ablation.sh's output folder (its ABL_OUT)")
     text = ablation_table(p.parse_args(argv).out)
     print(text, end="")

@@ -36,6 +36,7 @@ import torch
 
 import icm.aafg.meta_aafg as meta_aafg
 from icm.aafg.meta_aafg import MetaAAFGConfig, augment_batch, gradient_budget
+from icm.cli import HelpFormatter
 from icm.detectors import available, build_detector
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
@@ -191,10 +192,7 @@ def mixed_size_batching(detectors: dict, config: MetaAAFGConfig, sizes: list[tup
 
 
 def main(argv: list[str] | None = None) -> dict:
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        """The docstring as written, and every flag with its default."""
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--models", default=None, help="comma list; None: the small toy-sized models available")
     p.add_argument("--batch", type=int, default=4, help="images per augment_batch call")
     p.add_argument("--size", type=int, default=128, help="square image side, pixels")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icm.cli import exit_on_user_error, positive_int
+from icm.cli import HelpFormatter, exit_on_user_error, positive_int
 from icm.codec import compress_image, decompress_image, load_codec, perturbation_share
 from icm.io import atomic_write_json, read_image_tensor
 from icm.manifest import read_manifest_pairs
@@ -48,16 +48,15 @@ from icm.manifest import read_manifest_pairs
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="delta_share.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = " (default: %(default)s)"
+                                formatter_class=HelpFormatter)
     p.add_argument("--augmented", required=True, help="stage one's output folder (images + manifest.jsonl)")
-    p.add_argument("--codec", default=None, help="the fine-tuned codec checkpoint (e.g. MAA's last.pth.tar)" + d)
-    p.add_argument("--reference", default=None, help="the codec it is compared with (e.g. the control's)" + d)
+    p.add_argument("--codec", default=None, help="the fine-tuned codec checkpoint (e.g. MAA's last.pth.tar)")
+    p.add_argument("--reference", default=None, help="the codec it is compared with (e.g. the control's)")
     p.add_argument("--replicate", default=None,
                    help="stage one's output for the same images with another --seed: report the reproducible "
-                   "share of delta" + d)
-    p.add_argument("--limit", type=positive_int, default=64, help="first N pairs of the manifest" + d)
-    p.add_argument("--out", default=None, help="also write the result JSON here" + d)
+                   "share of delta")
+    p.add_argument("--limit", type=positive_int, default=64, help="first N pairs of the manifest")
+    p.add_argument("--out", default=None, help="also write the result JSON here")
     return p
 
 

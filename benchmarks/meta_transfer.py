@@ -70,6 +70,7 @@ from icm.ap_bootstrap import (
     percentile_interval,
 )
 from icm.cli import (
+    HelpFormatter,
     detector_weights,
     exit_on_user_error,
     key_value,
@@ -92,40 +93,39 @@ SMOOTH_CONTROL_SCALE = 8  # the smooth control's noise lives at 1/8 resolution
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meta_transfer.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = " (default: %(default)s)"
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", default=str(TOY_CONFIG),
                    help="YAML config naming the model sets and weights: meta_aafg.models (seen), "
-                   "evaluation.unseen_detectors and evaluation.weights" + d)
-    p.add_argument("--dataset", default="toy", help="dataset name or folder" + d)
-    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's" + d)
-    p.add_argument("--split", default="val", help="images the detectors were not trained on" + d)
-    p.add_argument("--seen", nargs="+", default=None, help="seen detectors; None: the config's model set" + d)
+                   "evaluation.unseen_detectors and evaluation.weights")
+    p.add_argument("--dataset", default="toy", help="dataset name or folder")
+    p.add_argument("--data_root", default=None, help="dataset root; None: the dataset config's")
+    p.add_argument("--split", default="val", help="images the detectors were not trained on")
+    p.add_argument("--seen", nargs="+", default=None, help="seen detectors; None: the config's model set")
     p.add_argument("--unseen", nargs="+", default=None,
-                   help="unseen detectors; None: the config's evaluation.unseen_detectors" + d)
+                   help="unseen detectors; None: the config's evaluation.unseen_detectors")
     p.add_argument("--weights", type=key_value, action="append", default=[], metavar="NAME=PATH",
                    help="weights of a detector (repeatable); wins over the config's")
-    p.add_argument("--limit", type=positive_int, default=100, help="N images of the split, from --start" + d)
+    p.add_argument("--limit", type=positive_int, default=100, help="N images of the split, from --start")
     p.add_argument("--start", type=non_negative_int, default=0,
-                   help="index of the first image (another --start: a replicate on other images)" + d)
-    p.add_argument("--batch_size", type=positive_int, default=8, help="images per stage-one batch" + d)
-    p.add_argument("--seed", type=int, default=0, help="stage one's seed and the random controls'" + d)
-    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples" + d)
-    p.add_argument("--noise_level", type=non_negative_int, default=8, help="8-bit levels of the 'noise' variant's random signs" + d)
-    p.add_argument("--cosine_images", type=non_negative_int, default=24, help="images for the gradient cosines" + d)
+                   help="index of the first image (another --start: a replicate on other images)")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="images per stage-one batch")
+    p.add_argument("--seed", type=int, default=0, help="stage one's seed and the random controls'")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples")
+    p.add_argument("--noise_level", type=non_negative_int, default=8, help="8-bit levels of the 'noise' variant's random signs")
+    p.add_argument("--cosine_images", type=non_negative_int, default=24, help="images for the gradient cosines")
     p.add_argument("--cosine_smooth", type=positive_int, default=9,
-                   help="Gaussian kernel (odd) for the smoothed cosines, sigma (K-1)/6" + d)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ..." + d)
+                   help="Gaussian kernel (odd) for the smoothed cosines, sigma (K-1)/6")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--carried_by", default=None, metavar="CODEC",
                    help="a codec checkpoint: score each variant as this codec's decode of x plus the variant's "
-                   "perturbation (a codec that carries all of it: the decoded ceiling); None: clean images" + d)
+                   "perturbation (a codec that carries all of it: the decoded ceiling); None: clean images")
     p.add_argument("--encoded_by", default=None, metavar="CODEC",
                    help="a codec checkpoint: score each variant as this codec's decode of the variant itself "
-                   "(a codec fed the perturbed image); None: clean images" + d)
-    p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here" + d)
+                   "(a codec fed the perturbed image); None: clean images")
+    p.add_argument("--out", default=None, help="also write the result JSON (with the run's flags) here")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
-                   help="print one row per result file written by --out, and run nothing else" + d)
+                   help="print one row per result file written by --out, and run nothing else")
     algorithm = p.add_argument_group("stage one (as MetaAAFG/train_meta_aafg.py; defaults are its defaults)")
     add_algorithm_arguments(algorithm)
     return p

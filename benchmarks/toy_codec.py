@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icm.cli import exit_on_user_error, limit, non_negative_int, positive_int
+from icm.cli import HelpFormatter, exit_on_user_error, limit, non_negative_int, positive_int
 from icm.config import REPO_ROOT, TOY_CONFIG
 from icm.data import link_split_images
 from icm.evaluation.make_tables import (
@@ -64,20 +64,19 @@ PROTOCOL = "map-voc07"  # VOC07 11-point mAP@0.5
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="toy_codec.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = " (default: %(default)s)"
-    p.add_argument("--out", default="runs/toy_codec", help="results folder" + d)
-    p.add_argument("--qualities", default="1,2,3,4,5,6", help="toy codec qualities, comma-separated" + d)
-    p.add_argument("--assets", default="assets/toy", help="folder of codec_q<Q>.pth.tar" + d)
-    p.add_argument("--split", default="val", help="toy split evaluated" + d)
-    p.add_argument("--limit", type=limit, default=None, help="first N images of the split (None: all)" + d)
+                                formatter_class=HelpFormatter)
+    p.add_argument("--out", default="runs/toy_codec", help="results folder")
+    p.add_argument("--qualities", default="1,2,3,4,5,6", help="toy codec qualities, comma-separated")
+    p.add_argument("--assets", default="assets/toy", help="folder of codec_q<Q>.pth.tar")
+    p.add_argument("--split", default="val", help="toy split evaluated")
+    p.add_argument("--limit", type=limit, default=None, help="first N images of the split (None: all)")
     p.add_argument("--control_steps", type=non_negative_int, default=500,
-                   help="steps of beta=0 fine-tuning from each anchor checkpoint (0: skip the check)" + d)
+                   help="steps of beta=0 fine-tuning from each anchor checkpoint (0: skip the check)")
     p.add_argument("--control_qualities", default=None,
                    help="qualities of the convergence check, comma-separated (None: --qualities; the BD is "
-                   "taken over the part of the curves both cover)" + d)
-    p.add_argument("--jobs", type=positive_int, default=2, help="control trainings at the same time (1 thread each)" + d)
-    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples of the intervals" + d)
+                   "taken over the part of the curves both cover)")
+    p.add_argument("--jobs", type=positive_int, default=2, help="control trainings at the same time (1 thread each)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples of the intervals")
     p.add_argument("--report_only", action="store_true", help="only the report, from the results in --out")
     return p
 

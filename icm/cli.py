@@ -25,6 +25,11 @@ USER_ERRORS = (ConfigError, ImageReadError, FileNotFoundError, ValueError, FileE
 RANDOM_INIT = ("none", "random")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of a CLI whose description is its module docstring: the docstring as
+    written, and every flag with its default."""
+
+
 def fraction(text: str) -> float:
     """argparse type: ``8/255``, ``0.03`` or ``3e-2`` -> float."""
     try:

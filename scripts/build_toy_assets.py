@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=positive_int, default=128, help="toy image side in pixels")
     p.add_argument("--assets", default=str(REPO_ROOT / "assets" / "toy"), help="where the assets go")
     p.add_argument("--runs", default=str(REPO_ROOT / "runs" / "toy_assets"), help="where the training runs go")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the toy set, the pretraining and every training")
     return p
 
 

@@ -15,14 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from icm.cli import exit_on_user_error
+from icm.cli import HelpFormatter, exit_on_user_error
 from icm.detectors import build_detector, save_detector_checkpoint
 from icm.io import file_sha256
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("name", help="registered detector name (an ultralytics family one, e.g. yolov8)")
     p.add_argument("source", help="the ultralytics .pt file")
     p.add_argument("out", help="our checkpoint to write")

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=positive_int, default=8000, help="classification images rendered (10%% held out)")
     p.add_argument("--size", type=positive_int, default=64, help="image side in pixels (toy shapes keep their pixel size)")
     p.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
-    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("--batch_size", type=positive_int, default=64, help="images per training step")
     p.add_argument("--lr", type=positive_number, default=2e-3, help="AdamW peak learning rate (warm-up, cosine decay)")
     p.add_argument("--seed", type=int, default=0, help="seed of the images and of the training")
     return p

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with pretrained weights: a head for the dataset's classes instead of the native one")
     p.add_argument("--epochs", type=positive_int, default=50, help="epochs (ignored when --max_steps is given)")
     p.add_argument("--max_steps", type=positive_int, help="total optimiser steps")
-    p.add_argument("--batch_size", type=positive_int, default=16)
+    p.add_argument("--batch_size", type=positive_int, default=16, help="images per training step")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default: AdamW (SGD uses Nesterov momentum --momentum)")
     p.add_argument("--lr", type=positive_number, help="peak learning rate; default per family from scratch "
                    "(CenterNet 4e-3, ultralytics 2e-3, torchvision 1e-3), a tenth of it when fine-tuning")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run in --out even if it holds one (its checkpoints and log are replaced)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--num_workers", type=non_negative_int, default=0, help="data-loading worker processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and augmentation")
     p.add_argument("--val_every", type=positive_int, default=1, help="validate every N epochs (and at the end)")
     p.add_argument("--log_every", type=positive_int, default=10, help="steps per line of log.jsonl")
     p.add_argument("--checkpoint_every", type=positive_int, default=1000, help="steps between mid-epoch checkpoints")

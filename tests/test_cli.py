@@ -160,3 +160,37 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_in_every_stage_cli(
         assert e.value.code == 2 and err[-1].startswith(f"error: {locked}") and err[-1].endswith(": Permission denied"), (name, err)
         assert "Traceback" not in "\n".join(err)
     assert not locked.exists()
+
+
+def test_every_command_line_flag_has_help_that_shows_its_default():
+    """Every CLI with a ``build_parser`` (stage scripts, tools, benchmarks): each flag has a
+    help text, and --help prints its default."""
+    import argparse
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [f for folder in ("icm", "scripts", "benchmarks", "Evaluation", "MetaAAFG", "Compression")
+             for f in sorted((root / folder).rglob("*.py")) if "def build_parser" in f.read_text()]
+    assert len(files) >= 10
+    missing = []
+    for path in files:
+        name = f"_help_{path.parent.name}_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        try:
+            spec.loader.exec_module(module)
+            parser = module.build_parser()
+        finally:
+            sys.modules.pop(name, None)
+        shows_defaults = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+        for action in parser._actions:
+            if action.dest == "help" or isinstance(action, argparse._SubParsersAction):
+                continue
+            if not action.help:
+                missing.append(f"{path.name} {action.option_strings or action.dest}: no help")
+            elif not (shows_defaults or "%(default)" in action.help or action.default is None):
+                missing.append(f"{path.name} {action.option_strings}: default {action.default!r} not shown")
+    assert not missing, missing
