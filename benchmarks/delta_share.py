@@ -102,10 +102,11 @@ def reproducible_share(augmented: str | Path, replicate: str | Path, limit: int 
             missing += 1
             continue
         x = read_image_tensor(pair.original)[None]
-        if read_image_tensor(other.original)[None].shape != x.shape:
+        x_rep = read_image_tensor(other.augmented)[None]
+        if x_rep.shape != x.shape:
             raise ValueError(f"{replicate}: image {pair.id} differs in size from {augmented}'s")
         delta = read_image_tensor(pair.augmented)[None] - x
-        delta_rep = read_image_tensor(other.augmented)[None] - x
+        delta_rep = x_rep - x
         share = float(perturbation_share(delta_rep, delta))
         if not math.isnan(share):
             shares.append(share)

@@ -327,7 +327,7 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
     pct = f"{CONFIDENCE:.0%}"
     header = ["axis", "measure"] + [f"vs {r}: {what} [{pct} CI]" for r in references
                                     for what in ("BD-rate (%)", "BD-quality")]
-    rows, notes = [], []
+    rows, notes, unstable = [], [], False
     for axis, paths, key in axes:
         scale = 1.0 if key == "psnr-rgb" else 100.0
         curves = load_curves(paths)
@@ -351,14 +351,17 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
             for estimate, ci, unit in zip(estimates, intervals, (1.0, scale)):  # BD-quality in points or dB
                 if _missing(estimate):
                     row.append("unstable")  # no BD (a curve is not monotonic), whatever the resamples say
+                    unstable = True
                     continue
                 values = tuple(None if _missing(v) else v * unit
                                for v in (estimate, *((ci.low, ci.high) if ci else (None, None))))
-                row.append((*values, "unstable") if _excludes_zero(estimate, ci) == "unstable" else values)
+                if _excludes_zero(estimate, ci) == "unstable":
+                    values, unstable = (*values, "unstable"), True
+                row.append(values)
         rows.append(row)
         images = boot.num_images if resamples and boot else "?"
         notes.append(f"{axis}: {key} on {images} images")
-    if any(cell == "unstable" or (isinstance(cell, tuple) and "unstable" in cell) for row in rows for cell in row):
+    if unstable:
         notes.append(f"unstable = no claim: the estimate has no BD (a curve is not monotonic) or more than "
                      f"{MAX_DROPPED:.0%} of the resamples had none")
     formats = ["s", "s"] + [".2f", ".3f"] * len(references)
