@@ -260,6 +260,15 @@ def test_generalization_table_has_one_row_per_axis_with_intervals(synthetic, tmp
     assert low > 0  # +10% recall is outside the noise of 80 images
     assert lines["fidelity"].split(" | ")[2].startswith("0.00")  # same PSNR and bpp: BD-rate 0
     assert "task: no result (metric mask-map-coco:det not in its files)" in md
+    # the CSV gives each interval as three numeric columns, not a Python tuple
+    with open(tmp_path / "generalization.csv", newline="") as f:
+        csv_rows = {row["axis"]: row for row in csv.DictReader(f)}
+    bd = csv_rows["models"]
+    assert "(" not in "".join(bd.values())
+    for name in ("vs_anchor_bd_rate_percent", "vs_copy_bd_quality"):
+        assert float(bd[f"{name}_low"]) <= float(bd[name]) <= float(bd[f"{name}_high"])
+    assert float(bd["vs_anchor_bd_quality_low"]) == pytest.approx(low, abs=1e-3)  # in points, as displayed
+    assert csv_rows["task"]["vs_anchor_bd_rate_percent"] == ""
     with pytest.raises(SystemExit):
         main(["--generalization", "no-colon-here", "--out", str(tmp_path)])
 
@@ -297,4 +306,7 @@ def test_generalization_cell_without_bd_estimate_says_unstable(tmp_path):
     assert isinstance(quality, tuple) and None not in quality  # BD-mAP is still defined
     cells = table.display()[0]
     assert cells[2] == "unstable" and "[" in cells[3]
+    csv_line = table.csv().splitlines()[1].split(",")
+    assert csv_line[2:6] == ["", "", "", "unstable"]  # no estimate, no interval, the reason
+    assert [float(v) for v in csv_line[6:9]] == pytest.approx(quality[:3])
     assert any(note.startswith("unstable = no claim") for note in table.notes)

@@ -14,7 +14,8 @@ first learned codec, else the first file).
 Outputs in ``--out``: ``results_<protocol>.{md,csv,tex}`` (one row per codec and quality),
 ``bd_<protocol>.{md,csv,tex}`` (one row per codec: BD-rate in % of bpp against PSNR and
 against each mAP, BD-PSNR in dB and BD-mAP in mAP points, ``bjontegaard`` package with the
-interpolation named in the table), ``tables.md`` (all Markdown tables); plots in
+interpolation named in the table), ``tables.md`` (all Markdown tables), or with
+``--generalization`` ``generalization.{md,csv,tex}`` (one row per axis); plots in
 ``--img_dir`` (default ``<--out>/img``): ``rate_psnr.png`` and ``rate_<protocol>.png`` (one
 panel per detector and group mean) for ``--plot_protocols``.
 
@@ -327,7 +328,10 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
     pct = f"{CONFIDENCE:.0%}"
     header = ["axis", "measure"] + [f"vs {r}: {what} [{pct} CI]" for r in references
                                     for what in ("BD-rate (%)", "BD-quality")]
-    rows, notes, unstable = [], [], False
+    csv_header = ["axis", "measure"] + [f"vs_{r}_{name}{suffix}" for r in references
+                                        for name in ("bd_rate_percent", "bd_quality")
+                                        for suffix in ("", "_low", "_high", "_note")]
+    rows, csv_rows, notes, unstable = [], [], [], False
     for axis, paths, key in axes:
         scale = 1.0 if key == "psnr-rgb" else 100.0
         curves = load_curves(paths)
@@ -336,9 +340,10 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
         if missing or not any(key in c.results for c in curves):
             what = f"codecs {', '.join(missing)}" if missing else f"metric {key}"
             rows.append([axis, key] + [None] * (2 * len(references)))
+            csv_rows.append([axis, key] + [None] * (8 * len(references)))
             notes.append(f"{axis}: no result ({what} not in its files)")
             continue
-        row = [axis, key]
+        row, csv_row = [axis, key], [axis, key]
         for reference in references:
             anchor = by_name[reference]
             # only the two compared curves are resampled, not every codec of the folder
@@ -351,14 +356,17 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
             for estimate, ci, unit in zip(estimates, intervals, (1.0, scale)):  # BD-quality in points or dB
                 if _missing(estimate):
                     row.append("unstable")  # no BD (a curve is not monotonic), whatever the resamples say
+                    csv_row += [None, None, None, "unstable"]
                     unstable = True
                     continue
                 values = tuple(None if _missing(v) else v * unit
                                for v in (estimate, *((ci.low, ci.high) if ci else (None, None))))
+                csv_row += [*values, None]
                 if _excludes_zero(estimate, ci) == "unstable":
-                    values, unstable = (*values, "unstable"), True
+                    values, unstable, csv_row[-1] = (*values, "unstable"), True, "unstable"
                 row.append(values)
         rows.append(row)
+        csv_rows.append(csv_row)
         images = boot.num_images if resamples and boot else "?"
         notes.append(f"{axis}: {key} on {images} images")
     if unstable:
@@ -366,7 +374,8 @@ def generalization_table(axes: list[tuple[str, list[str | Path], str]], test: st
                      f"{MAX_DROPPED:.0%} of the resamples had none")
     formats = ["s", "s"] + [".2f", ".3f"] * len(references)
     return Table(f"Generalization of {test}: BD-rate (%) and BD-quality (mAP points; PSNR in dB) per axis, "
-                 f"{method} interpolation", header, rows, formats, [1.0] * len(formats), notes=notes)
+                 f"{method} interpolation", header, rows, formats, [1.0] * len(formats), csv_header=csv_header,
+                 csv_rows=csv_rows, notes=notes)
 
 
 def _excludes_zero(estimate: float, ci: Interval | None) -> str | None:
@@ -561,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generalization", nargs="+", default=None, metavar="AXIS=DIR:KEY",
                    help="instead: one row per axis, codec --test against each of --references on metric KEY of "
                    "the results in evaluation folder DIR (e.g. 'unseen domain=runs/x/eval_shifted:map-voc07:all-mean'), "
-                   "written to <--out>/generalization.md")
+                   "written to <--out>/generalization.{md,csv,tex} (the CSV with low and high columns)")
     p.add_argument("--test", default="maa", help="the codec the generalization table is about")
     p.add_argument("--references", nargs="+", default=["anchor", "control"],
                    help="the codecs it is compared with in the generalization table")
@@ -636,9 +645,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--generalization {item!r}: no result JSON files in {folder}")
             axes.append((axis, paths, key))
         table = generalization_table(axes, args.test, args.references, args.method, args.bootstrap, args.seed)
-        path = Path(args.out) / "generalization.md"
-        atomic_write_text(path, table.markdown())
-        print(path)
+        for suffix, text in ((".md", table.markdown()), (".csv", table.csv()), (".tex", table.latex())):
+            atomic_write_text(Path(args.out) / f"generalization{suffix}", text)
+        print(Path(args.out) / "generalization.md")
         return 0
     if not args.results:
         raise ValueError("give result JSON files (or --generalization)")
