@@ -295,3 +295,5 @@ def test_task_models_stay_out_of_the_detection_means():
     means = group_means(results, {"seen": ["a"], "unseen": ["b"], "task": ["m"]}, ["a", "b", "m"])
     assert means["map-voc07:all-mean"] == pytest.approx(0.3) and means["map-voc07:unseen-mean"] == 0.4
     assert means["mask-map-coco:task-mean"] == 0.6 and means["map-voc07:task-mean"] == 0.9
+    # no detector of seen, unseen or all predicts masks: no mask key for them (not a null)
+    assert not any(k.startswith("mask-") for k in means if not k.endswith("task-mean"))

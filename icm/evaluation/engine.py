@@ -393,7 +393,8 @@ def voc_ground_truth(samples: Sequence) -> list[dict]:
 def group_means(det_results: dict[str, float | None], groups: dict[str, list[str]],
                 detectors: list[str]) -> dict[str, float | None]:
     """``<metric>:<group>-mean`` over the detectors of each group, and ``all`` over every
-    detector but those of group ``task`` (models of another task, e.g. instance masks)."""
+    detector but those of group ``task`` (models of another task, e.g. instance masks). A group
+    none of whose detectors has the metric (mask AP of box-only detectors) gets no key."""
     others = [d for d in detectors if d not in groups.get("task", [])]
     groups = {**{g: [d for d in members if d in detectors] for g, members in groups.items()}, "all": others}
     metrics = sorted({key.split(":", 1)[0] for key in det_results})
@@ -402,8 +403,10 @@ def group_means(det_results: dict[str, float | None], groups: dict[str, list[str
         if not members:
             continue
         for metric in metrics:
-            values = [det_results.get(f"{metric}:{d}") for d in members]
-            values = [v for v in values if v is not None]
+            keys = [f"{metric}:{d}" for d in members if f"{metric}:{d}" in det_results]
+            if not keys:
+                continue
+            values = [det_results[k] for k in keys if det_results[k] is not None]
             out[f"{metric}:{group}-mean"] = float(np.mean(values)) if values else None
     return out
 
