@@ -295,6 +295,24 @@ def test_mask_ap_is_resampled_from_mask_records(tmp_path):
         assert any(note.startswith("unstable = no claim") for note in table.notes)
 
 
+def test_tables_of_a_metric_no_group_has_take_no_mean_columns(tmp_path):
+    # evaluate.py writes no group mean for a metric none of a group's detectors has (mask AP
+    # of box-only detectors): the mask tables show the mask model alone, the box tables the mean
+    folder = tmp_path / "points"
+    folder.mkdir()
+    found = (0.35, 0.55, 0.75, 0.9)
+    files = synthetic_codec(folder, "anchor", found, masks=True)
+    files += synthetic_codec(folder, "better", [p + 0.1 for p in found], seed=2, masks=True)
+    written = make_tables(files, tmp_path / "tables", resamples=50)
+    names = {p.name for p in written["tables"]}
+    assert {"bd_mask-map-coco.csv", "bd_map-voc07.csv"} <= names
+    mask_results = (tmp_path / "tables" / "results_mask-map-coco.csv").read_text().splitlines()[0].split(",")
+    box_results = (tmp_path / "tables" / "results_map-voc07.csv").read_text().splitlines()[0].split(",")
+    assert mask_results[-1] == "mask-map-coco:det" and box_results[-1] == "map-voc07:all-mean"
+    mask_bd = (tmp_path / "tables" / "bd_mask-map-coco.csv").read_text()
+    assert "mask-map-coco:det" in mask_bd and "all-mean" not in mask_bd
+
+
 def test_generalization_cell_without_bd_estimate_says_unstable(tmp_path):
     folder = tmp_path / "points"
     folder.mkdir()

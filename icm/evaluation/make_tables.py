@@ -163,7 +163,8 @@ def protocols_present(curves: list[Curve]) -> list[str]:
 
 
 def columns_for(curves: list[Curve], protocol: str) -> list[tuple[str, str]]:
-    """(result key, column title) of one protocol: each detector, then the group means."""
+    """(result key, column title) of one protocol: each detector, then the group means that
+    some result has (a group none of whose detectors has the metric has no key)."""
     detectors: list[str] = []
     for c in curves:
         detectors.extend(d for d in c.detectors(protocol) if d not in detectors)
@@ -171,10 +172,10 @@ def columns_for(curves: list[Curve], protocol: str) -> list[tuple[str, str]]:
     for c in curves:
         groups.extend(g for g, members in c.groups.items() if members and g not in groups)
     cols = [(f"{protocol}:{d}", d) for d in detectors]
-    cols += [(f"{protocol}:{g}{GROUP_SUFFIX}", f"{g} mean") for g in groups]
+    means = [(f"{protocol}:{g}{GROUP_SUFFIX}", f"{g} mean") for g in groups]
     if detectors:
-        cols.append((f"{protocol}:all{GROUP_SUFFIX}", "mean"))
-    return cols
+        means.append((f"{protocol}:all{GROUP_SUFFIX}", "mean"))
+    return cols + [(key, title) for key, title in means if any(key in c.results for c in curves)]
 
 
 # ----------------------------------------------------------------------------- tables
