@@ -273,12 +273,17 @@ def test_generalization_table_has_one_row_per_axis_with_intervals(synthetic, tmp
         main(["--generalization", "no-colon-here", "--out", str(tmp_path)])
 
 
-def test_mask_ap_is_resampled_from_mask_records(tmp_path):
+def mask_codec_pair(tmp_path):
+    """Point files of ``anchor`` and ``better`` (+10% recall) whose detector is a mask model too."""
     folder = tmp_path / "points"
     folder.mkdir()
     found = (0.35, 0.55, 0.75, 0.9)
     files = synthetic_codec(folder, "anchor", found, masks=True)
-    files += synthetic_codec(folder, "better", [p + 0.1 for p in found], seed=2, masks=True)
+    return files + synthetic_codec(folder, "better", [p + 0.1 for p in found], seed=2, masks=True)
+
+
+def test_mask_ap_is_resampled_from_mask_records(tmp_path):
+    files = mask_codec_pair(tmp_path)
     curves = load_curves(files)
     by_name = {c.name: c for c in curves}
     boot = bootstrap_curves(curves, by_name["anchor"], 300, seed=1)
@@ -298,11 +303,7 @@ def test_mask_ap_is_resampled_from_mask_records(tmp_path):
 def test_tables_of_a_metric_no_group_has_take_no_mean_columns(tmp_path):
     # evaluate.py writes no group mean for a metric none of a group's detectors has (mask AP
     # of box-only detectors): the mask tables show the mask model alone, the box tables the mean
-    folder = tmp_path / "points"
-    folder.mkdir()
-    found = (0.35, 0.55, 0.75, 0.9)
-    files = synthetic_codec(folder, "anchor", found, masks=True)
-    files += synthetic_codec(folder, "better", [p + 0.1 for p in found], seed=2, masks=True)
+    files = mask_codec_pair(tmp_path)
     written = make_tables(files, tmp_path / "tables", resamples=50)
     names = {p.name for p in written["tables"]}
     assert {"bd_mask-map-coco.csv", "bd_map-voc07.csv"} <= names

@@ -244,6 +244,14 @@ class Table:
         lines += [r"\end{table}"]
         return "\n".join(lines) + "\n"
 
+    def write(self, out_dir: Path, stem: str) -> list[Path]:
+        """``<stem>.md``, ``.csv`` and ``.tex`` in ``out_dir``, written atomically; their paths."""
+        paths = []
+        for suffix, text in ((".md", self.markdown()), (".csv", self.csv()), (".tex", self.latex())):
+            paths.append(out_dir / f"{stem}{suffix}")
+            atomic_write_text(paths[-1], text)
+        return paths
+
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -612,10 +620,7 @@ def make_tables(paths: list[str | Path], out_dir: str | Path, img_dir: str | Pat
         stem = protocol or "fidelity"
         for kind, table in (("results", results_table(curves, protocol)),
                             ("bd", bd_table(curves, by_name[anchor_name], protocol, method, boot))):
-            for suffix, text in ((".md", table.markdown()), (".csv", table.csv()), (".tex", table.latex())):
-                path = out_dir / f"{kind}_{stem}{suffix}"
-                atomic_write_text(path, text)
-                written["tables"].append(path)
+            written["tables"] += table.write(out_dir, f"{kind}_{stem}")
             markdown.append(table.markdown())
         if protocol and plot_protocols and protocol in plot_protocols:
             path = img_dir / f"rate_{protocol}.png"
@@ -646,9 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--generalization {item!r}: no result JSON files in {folder}")
             axes.append((axis, paths, key))
         table = generalization_table(axes, args.test, args.references, args.method, args.bootstrap, args.seed)
-        for suffix, text in ((".md", table.markdown()), (".csv", table.csv()), (".tex", table.latex())):
-            atomic_write_text(Path(args.out) / f"generalization{suffix}", text)
-        print(Path(args.out) / "generalization.md")
+        print(table.write(Path(args.out), "generalization")[0])
         return 0
     if not args.results:
         raise ValueError("give result JSON files (or --generalization)")
