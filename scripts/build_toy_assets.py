@@ -20,12 +20,13 @@ Steps (each skipped when its asset already exists, unless ``--force``):
    quality from scratch, each next one fine-tuned from the one before (as the CompressAI
    zoo was trained). Assets ``assets/toy/codec_q<Q>.pth.tar`` (fp16 floats, fresh CDFs) and
    cards ``codec_q<Q>.json`` with the real bitstream rate and PSNR on the toy val split.
-   The shipped codec is two rounds of this chain; the second continues the first's top
-   quality (its cards name the init and its sha256)::
+   The shipped codec is three rounds of this chain; the second continues the first's top
+   quality, the third the second's, with the same command run on the files the round
+   before shipped (its cards name the init and its sha256)::
 
        python scripts/build_toy_assets.py --only codec            # round one
        python scripts/build_toy_assets.py --only codec --force --threads 2 --refine_top_steps 0 \
-           --codec_init assets/toy/codec_q6.pth.tar --steps codec_q6=5000   # round two
+           --codec_init assets/toy/codec_q6.pth.tar --steps codec_q6=5000   # rounds two and three
 
 A step's budget is ``--steps NAME=N`` or else ``--minutes NAME=M`` turned into steps by a
 short timing run on this machine, under its current load. The plan is stored with the run,
